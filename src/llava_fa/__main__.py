@@ -1,0 +1,3 @@
+from llava_fa.cli import main
+
+main()
