@@ -57,3 +57,8 @@ def normalize_answer(text: str) -> str:
 def user_text(question: str) -> str:
     """The user turn's text after the image: the question and the one-word instruction."""
     return f"{question[0].upper()}{question[1:]} {ANSWER_INSTRUCTION}"
+
+
+def load_split_image_path(split: str, image_id: int, root: Path | None = None) -> Path:
+    root = Path(root) if root is not None else easy_vqa_root()
+    return root / split / "images" / f"{image_id}.png"

@@ -1,0 +1,82 @@
+"""Fidelity to a reference model: per-token KL(reference || model) and top-1 agreement."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from llava_fa.evaluation._common import (PixelCache, chunks, image_batch, model_device, model_dtype,
+                                         position_ids, text_batch, tokenizer_of)
+from llava_fa.testbed.easyvqa import VQAExample, user_text
+from llava_fa.testbed.prompt import image_prompt
+
+TEXT_PROMPT_TOKENS = 128  # text prompts are truncated to this many tokens
+
+
+def vqa_sequence(ex: VQAExample) -> str:
+    """The prompt followed by the gold answer and end of turn: what a good model would emit."""
+    return image_prompt(user_text(ex.question)) + ex.answer + "<|im_end|>"
+
+
+def text_prompts(text: str, n: int, min_words: int = 20) -> list[str]:
+    """The first `n` paragraphs of a text with at least `min_words` words (skips headings)."""
+    rows = [row.strip() for row in text.splitlines()]
+    return [row for row in rows if len(row.split()) >= min_words][:n]
+
+
+def _inputs(model, processor, group, cache: PixelCache | None) -> dict:
+    device = model_device(model)
+    if cache is None:
+        return text_batch(processor, group, device, max_length=TEXT_PROMPT_TOKENS)
+    return image_batch(processor, cache, [ex.image_path for ex in group], [vqa_sequence(ex) for ex in group],
+                       device, model_dtype(model))
+
+
+def _scored_positions(batch: dict, image_token_id: int | None) -> torch.Tensor:
+    """Real tokens, without the image placeholders (their predictions are never trained)."""
+    mask = batch["attention_mask"].bool()
+    if image_token_id is not None:
+        mask &= batch["input_ids"] != image_token_id
+    return mask
+
+
+@torch.no_grad()
+def _logits(model, batch: dict) -> torch.Tensor:
+    return model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False).logits.float()
+
+
+@torch.no_grad()
+def fidelity(model, reference, processor, examples: Sequence[VQAExample] | Sequence[str],
+             batch_size: int = 8, progress: bool = True) -> dict:
+    """Next-token distributions of `model` against `reference` at every scored position.
+
+    `examples` are easy-VQA questions (image + question + gold answer) or plain strings (text
+    prompts, for text-only models). Both models see the same inputs on their own devices.
+    Returns {"kl" (mean per token, nats), "top1_agreement", "n_prompts", "n_tokens"}.
+    """
+    model.eval()
+    reference.eval()
+    is_text = bool(examples) and isinstance(examples[0], str)
+    cache = None if is_text else PixelCache(processor)
+    image_token_id = None if is_text else getattr(processor, "image_token_id", None)
+    kl_sum, agree, n_tokens = 0.0, 0, 0
+    for group in tqdm(list(chunks(examples, batch_size)), desc="fidelity", unit="batch", disable=not progress):
+        batch = _inputs(model, processor, group, cache)
+        ref_batch = {k: v.to(model_device(reference)) for k, v in batch.items()}
+        if "pixel_values" in ref_batch:
+            ref_batch["pixel_values"] = ref_batch["pixel_values"].to(model_dtype(reference))
+        logp = F.log_softmax(_logits(model, batch), -1)
+        ref_logp = F.log_softmax(_logits(reference, ref_batch), -1).to(logp.device)
+        if logp.shape != ref_logp.shape:
+            raise ValueError(f"model and reference disagree on logits shape {tuple(logp.shape)} vs "
+                             f"{tuple(ref_logp.shape)}: they need the same tokenizer and vocabulary")
+        mask = _scored_positions(batch, image_token_id)
+        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # KL(ref || model) per position
+        kl_sum += kl[mask].double().sum().item()
+        agree += (logp.argmax(-1) == ref_logp.argmax(-1))[mask].sum().item()
+        n_tokens += int(mask.sum())
+    return {"kl": kl_sum / max(n_tokens, 1), "top1_agreement": agree / max(n_tokens, 1),
+            "n_prompts": len(examples), "n_tokens": n_tokens}
