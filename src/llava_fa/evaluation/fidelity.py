@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llava_fa.evaluation._common import (PixelCache, chunks, image_batch, model_device, model_dtype,
-                                         position_ids, text_batch, tokenizer_of)
+                                         position_ids, text_batch)
 from llava_fa.testbed.easyvqa import VQAExample, user_text
 from llava_fa.testbed.prompt import image_prompt
 
@@ -78,5 +78,5 @@ def fidelity(model, reference, processor, examples: Sequence[VQAExample] | Seque
         kl_sum += kl[mask].double().sum().item()
         agree += (logp.argmax(-1) == ref_logp.argmax(-1))[mask].sum().item()
         n_tokens += int(mask.sum())
-    return {"kl": kl_sum / max(n_tokens, 1), "top1_agreement": agree / max(n_tokens, 1),
+    return {"kl": kl_sum / n_tokens if n_tokens else None, "top1_agreement": agree / n_tokens if n_tokens else None,
             "n_prompts": len(examples), "n_tokens": n_tokens}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -36,12 +37,27 @@ def is_multimodal(model_dir: str | Path) -> bool:
     return getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None) is not None
 
 
+# Loaders tried before the plain Hugging Face one: fn(model_dir, device, dtype) returns
+# (model, processor or tokenizer, multimodal?) for a folder it handles (e.g. a compressed
+# checkpoint), else None.
+LOADERS: list[Callable[[Path, torch.device, torch.dtype], tuple | None]] = []
+
+
+def register_loader(fn: Callable[[Path, torch.device, torch.dtype], tuple | None]) -> Callable:
+    if fn not in LOADERS:
+        LOADERS.append(fn)
+    return fn
+
+
 def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype):
-    """(model, processor or tokenizer, multimodal?) for a Hugging Face model directory."""
+    """(model, processor or tokenizer, multimodal?) for a model directory."""
     from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
                               AutoTokenizer)
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json. Fix: pass a folder written by save_pretrained")
+    for loader in LOADERS:
+        if (loaded := loader(Path(model_dir), device, dtype)) is not None:
+            return loaded
     multimodal = is_multimodal(model_dir)
     auto_model, auto_proc = ((AutoModelForImageTextToText, AutoProcessor) if multimodal
                              else (AutoModelForCausalLM, AutoTokenizer))
@@ -49,10 +65,12 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype):
     return model, auto_proc.from_pretrained(model_dir), multimodal
 
 
-def _timed(result: dict, key: str, fn, *args, **kwargs):
+def _timed(seconds: dict, key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), recording its wall time under `key`."""
     start = time.perf_counter()
-    result[key] = fn(*args, **kwargs)
-    result["seconds"][key] = round(time.perf_counter() - start, 2)
+    value = fn(*args, **kwargs)
+    seconds[key] = round(time.perf_counter() - start, 2)
+    return value
 
 
 def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: int | None = None,
@@ -63,32 +81,73 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     """Size, WikiText-2 perplexity, easy-VQA accuracy and (with a reference) fidelity of a model.
 
     limit: first N easy-VQA test questions; ppl_windows: at most N perplexity windows (0 skips
-    perplexity); vqa_mode: "fast", "generate" or "both". Text-only models skip VQA and measure
-    fidelity on WikiText paragraphs.
+    perplexity); vqa_mode: "fast", "generate" or "both"; fidelity uses the first
+    min(limit, fidelity_prompts) questions. Text-only models skip VQA and measure fidelity on
+    WikiText paragraphs.
     """
     if vqa_mode not in VQA_MODES:
         raise ValueError(f"unknown VQA mode {vqa_mode!r}; use one of {VQA_MODES}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     model, processor, multimodal = load_model(model_dir, dev, dt)
+    ref = load_model(reference, dev, dt) if reference is not None else None
+    image_fidelity = ref is not None and multimodal and ref[2]  # both models must take images
     result = {"model_dir": str(model_dir), "model_type": model.config.model_type, "multimodal": multimodal,
-              "device": str(dev), "dtype": str(dt).removeprefix("torch."), "reference": None,
-              "perplexity": None, "vqa": None, "fidelity": None, "notes": [], "seconds": {}}
-    _timed(result, "size", model_size, model_dir, model)
-    text = load_text(text_source) if ppl_windows != 0 or (reference and not multimodal) else None
+              "device": str(dev), "dtype": str(dt).removeprefix("torch."),
+              "reference": str(reference) if reference is not None else None,
+              "size": None, "perplexity": None, "vqa": None, "fidelity": None, "notes": [], "seconds": {}}
+    sec = result["seconds"]
+    result["size"] = _timed(sec, "size", model_size, model_dir, model)
+    text = load_text(text_source) if ppl_windows != 0 or (ref is not None and not image_fidelity) else None
     if ppl_windows == 0:
-        result["notes"].append("perplexity skipped (--ppl-windows 0)")
+        result["notes"].append("perplexity skipped (ppl_windows=0)")
     else:
-        _timed(result, "perplexity", perplexity, model, processor, text, seqlen, ppl_windows, progress)
+        result["perplexity"] = _timed(sec, "perplexity", perplexity, model, processor, text, seqlen,
+                                      ppl_windows, progress)
     if multimodal:
         modes = MODES if vqa_mode == "both" else (vqa_mode,)
-        result["vqa"] = {}
-        for mode in modes:
-            _timed(result["vqa"], mode, vqa_accuracy, model, processor, mode, limit, vqa_root, batch_size,
-                   progress=progress) if "seconds" in result["vqa"] else None
+        result["vqa"] = {m: _timed(sec, f"vqa_{m}", vqa_accuracy, model, processor, m, limit, vqa_root,
+                                   batch_size, progress=progress) for m in modes}
     else:
         result["notes"].append(TEXT_ONLY_NOTE)
-    if reference is not None:
-        _fidelity_section(result, model, processor, multimodal, reference, dev, dt, text, limit, vqa_root,
-                          fidelity_prompts, batch_size, progress)
+    if ref is not None:
+        n = min(fidelity_prompts, limit) if limit is not None else fidelity_prompts
+        examples = vqa_questions(n, vqa_root) if image_fidelity else text_prompts(text, n)
+        result["fidelity"] = _timed(sec, "fidelity", fidelity, model, ref[0], processor, examples,
+                                    max(1, batch_size // 2), progress)
+        result["fidelity"]["prompts"] = "easy-VQA" if image_fidelity else "WikiText"
     return result
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_table(result: dict) -> Table:
+    """The headline numbers of an `evaluate` result as a two-column rich table."""
+    table = Table(title=f"llava-fa eval: {result['model_dir']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    size = result.get("size") or {}
+    table.add_row("model type", f"{result['model_type']} ({result['device']}, {result['dtype']})")
+    if size:
+        table.add_row("parameters", f"{size['params']:,}")
+        table.add_row("safetensors on disk", f"{size['disk_bytes'] / 2**20:,.1f} MiB")
+        table.add_row("decoder linears bpw", _fmt(size["decoder_linear"]["bpw"], ".3f"))
+        comp = size["compressed"]
+        if comp["count"]:
+            table.add_row(f"compressed modules bpw ({comp['count']})", _fmt(comp["bpw"], ".3f"))
+    if ppl := result.get("perplexity"):
+        table.add_row(f"perplexity (seqlen {ppl['seqlen']}, {ppl['windows']} windows)", _fmt(ppl["ppl"], ".3f"))
+    for mode, vqa in (result.get("vqa") or {}).items():
+        table.add_row(f"easy-VQA accuracy, {mode} (n={vqa['n']})", _fmt(vqa["accuracy"], ".2%"))
+    if fid := result.get("fidelity"):
+        table.add_row(f"KL(ref || model) per token ({fid['n_tokens']} tokens)", _fmt(fid["kl"], ".4g"))
+        table.add_row("top-1 agreement with reference", _fmt(fid["top1_agreement"], ".2%"))
+    for note in result.get("notes", []):
+        table.add_row("note", note)
+    return table
+
+
+def print_result(result: dict, console: Console | None = None) -> None:
+    (console or Console()).print(render_table(result))

@@ -6,7 +6,6 @@ import json
 import struct
 from pathlib import Path
 
-import torch
 from torch import nn
 
 # Bits per element of the safetensors dtype names.

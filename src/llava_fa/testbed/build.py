@@ -86,7 +86,7 @@ def apply_trained_weights(model: LlavaForConditionalGeneration, weights_dir: Pat
     if not projector.exists():
         raise FileNotFoundError(f"{projector} is missing. Fix: train it with `python -m llava_fa.testbed.train` "
                                 f"or pass --untrained to build with a random projector.")
-    model.multi_modal_projector.load_state_dict(load_file(projector))
+    model.model.multi_modal_projector.load_state_dict(load_file(projector))
     lora = weights_dir / "lora.safetensors"
     if lora.exists():
         merge_lora(model, load_file(lora))

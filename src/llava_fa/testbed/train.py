@@ -111,7 +111,7 @@ def collate(rows, pad_id: int, device):
 def hidden_states(model, ids, mask, feats):
     embeds = model.model.get_input_embeddings()(ids)
     image_mask = ids == model.config.image_token_id
-    projected = model.model.multi_modal_projector(feats.to(embeds.dtype))
+    projected = model.model.multi_modal_projector(feats.to(embeds.dtype)).to(embeds.dtype)
     embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected.reshape(-1, embeds.shape[-1]))
     return model.model.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
