@@ -36,7 +36,7 @@ def test_training_encoding_matches_processor(loaded):
     ex = easyvqa.load_split("test")[0]
     ids = processor(text=image_prompt(easyvqa.user_text(ex.question)), images=easyvqa.load_image(ex.image_path))["input_ids"][0]
     (hand, _), = encode(processor, [ex], n_image_tokens=64, with_answer=False)
-    assert ids.tolist() == hand
+    assert list(ids) == hand
 
 
 def test_generate_answers_easy_vqa(loaded):
