@@ -1,3 +1,9 @@
 """LLaVA-FA: post-training compression of large multimodal models."""
 
 __version__ = "0.1.0"
+
+# After `import llava_fa`, transformers' from_pretrained loads llava-fa checkpoints (registered
+# lazily: importing llava_fa does not import transformers).
+from llava_fa import _hf_hook
+
+_hf_hook.install()

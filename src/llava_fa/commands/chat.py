@@ -1,0 +1,74 @@
+"""`llava-fa chat DIR [--image IMG] "question"`: one answer from a (compressed) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llava_fa.cli import UserError, app
+from llava_fa.errors import LlavaFAError
+
+
+@app.command()
+def chat(
+    model_dir: Path = typer.Argument(..., help="Checkpoint directory (compressed by llava-fa or not)."),
+    question: str = typer.Argument(..., help="The question to ask."),
+    image: Optional[Path] = typer.Option(None, "--image", help="An image file (PNG/JPEG) to ask about."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer, in tokens."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Answer a question about an image (greedy decoding)."""
+    from llava_fa.commands.compress import quiet_transformers, resolve_device
+
+    quiet_transformers()
+    try:
+        typer.echo(answer(model_dir, question, image, max_new_tokens, resolve_device(device)))
+    except LlavaFAError as e:
+        raise UserError(str(e)) from None
+
+
+def answer(model_dir: Path, question: str, image: Path | None = None, max_new_tokens: int = 32,
+           device: str = "cpu") -> str:
+    import torch
+
+    from llava_fa.calibration.data import conversation_text
+    from llava_fa.errors import CheckpointError, DataError
+    from llava_fa.io.checkpoint import load_model, load_processor
+
+    img = _open_image(image) if image is not None else None  # a bad image fails before the model loads
+    model = load_model(model_dir, device)
+    processor = load_processor(model_dir)
+    if processor is None:
+        raise CheckpointError(f"{model_dir} has no processor or tokenizer files")
+    if img is not None and not hasattr(processor, "image_processor"):
+        raise DataError(f"{model_dir} has no image processor: it cannot take --image")
+    text = conversation_text(processor, question, None, image=img is not None)
+    if img is not None:
+        inputs = processor(images=[img], text=[text], return_tensors="pt")
+    else:
+        tok = getattr(processor, "tokenizer", processor)
+        inputs = tok([text], return_tensors="pt", add_special_tokens=False)
+    dtype = next(model.parameters()).dtype
+    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()
+              if isinstance(v, torch.Tensor)}
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    tok = getattr(processor, "tokenizer", processor)
+    return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    from llava_fa.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}. Fix: pass a PNG/JPEG file that opens with Pillow") from None

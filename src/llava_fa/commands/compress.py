@@ -1,0 +1,191 @@
+"""`llava-fa compress MODEL --method NAME --out DIR`: compress a model's linear layers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from llava_fa.cli import UserError, app
+from llava_fa.errors import LlavaFAError
+
+# --bits, --group-size, ... are shared by several methods: each is passed on only when given, and a
+# method without that option rejects it (e.g. --act-order with rtn). Others go through --option.
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Hugging Face model directory, or `testbed`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the compressed checkpoint to."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method: rtn, gptq, ... (default rtn)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML/JSON recipe; flags override it."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Bits per code, 1..8."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per group (-1: one per row)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no stored zeros)."),
+    damp: Optional[float] = typer.Option(None, "--damp", help="GPTQ damping, fraction of mean diag(H)."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="GPTQ columns per lazy-update block."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",
+                                             help="GPTQ: columns by decreasing H_jj."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Any method option as KEY=VALUE (repeatable)."),
+    target: list[str] = typer.Option([], "--target", "-t", help="Module name, class name or re:REGEX (repeatable)."),
+    ignore: list[str] = typer.Option([], "--ignore", "-i", help="Pattern of modules to leave alone (repeatable)."),
+    vision: Optional[bool] = typer.Option(None, "--vision/--no-vision", help="Also compress the vision tower."),
+    projector: Optional[bool] = typer.Option(None, "--projector/--no-projector", help="Also compress the projector."),
+    calib: Optional[str] = typer.Option(None, "--calib",
+                                        help="auto, wikitext, builtin, easyvqa, mixed or a .txt path."),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration samples (default 32; 0: none)."),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per text sample (default 256)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Calibration sampling seed."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU), float32, bfloat16, float16."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir",
+                                            help="Per-layer shards for resuming (default .OUT.work)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    report_json: Optional[Path] = typer.Option(None, "--report", help="Also write the per-layer report here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Compress the language decoder's linear layers (and optionally vision tower / projector)."""
+    from llava_fa.pipeline import compress_checkpoint
+
+    rec = build_recipe(recipe, method, dict(bits=bits, group_size=group_size, sym=sym, damp=damp,
+                                            block_size=block_size, act_order=act_order), option, target, ignore,
+                       vision, projector, calib, nsamples, seqlen, seed)
+    dev = resolve_device(device)
+    try:
+        from llava_fa.methods import build_config
+
+        build_config(rec.method, rec.options)  # a bad method or option fails before any output
+    except LlavaFAError as e:
+        raise UserError(str(e)) from None
+    quiet_transformers()
+    err = Console(stderr=True, quiet=quiet, soft_wrap=True)  # messages stay one line (greppable logs)
+    logging.getLogger("llava_fa").addHandler(_RichWarnings(err))
+    err.print(f"compressing {model} with {rec.method} on {dev}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet)
+    with progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_block(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        try:
+            report = compress_checkpoint(model, rec, out, device=dev, dtype=dtype, work_dir=work_dir, restart=restart,
+                                         overwrite=overwrite, on_info=err.print, on_block=on_block)
+        except LlavaFAError as e:
+            raise UserError(str(e)) from None
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print("interrupted: finished layers are kept in the work dir; run the same command again to "
+                      "resume (or pass --restart to start over)")
+            raise typer.Exit(130) from None
+    if report_json is not None:
+        report_json.write_text(json.dumps(report, indent=1) + "\n")
+    if not quiet:
+        Console().print(report_table(report))
+    s = report["summary"]
+    err.print(f"wrote {out}: {s['layers']} layers, {s['bpw']:.4f} bits per weight, "
+              f"{report['wall_seconds']:.1f} s")
+
+
+def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, projector, calib, nsamples, seqlen,
+                 seed):
+    from llava_fa.recipe import Recipe
+
+    try:
+        rec = Recipe.from_file(recipe_file) if recipe_file is not None else Recipe()
+    except LlavaFAError as e:
+        raise UserError(str(e)) from None
+    if method is not None:
+        if recipe_file is not None and method != rec.method:
+            rec.options = {}  # the file's options belong to its method
+        rec.method = method
+    rec.options.update({k: v for k, v in flags.items() if v is not None})
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option expects KEY=VALUE, got {item!r}")
+        rec.options[key.strip()] = value.strip()
+    if targets:
+        rec.targets = list(targets)
+    if ignore:
+        rec.ignore = list(rec.ignore) + list(ignore)
+    for key, value in (("vision", vision), ("projector", projector)):
+        if value is not None:
+            setattr(rec, key, value)
+    cal = rec.calibration
+    for key, value in (("source", calib), ("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
+        if value is not None:
+            setattr(cal, key, value)
+    return rec
+
+
+def quiet_transformers() -> None:
+    """transformers' own per-file progress bars would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+    return str(dev)
+
+
+def report_table(report: dict) -> Table:
+    names = [r["name"] for r in report["layers"]]
+    prefix = _common_prefix(names)
+    table = Table(title=f"{report['method']} {report['method_config']}",
+                  caption=f"layer names after {prefix!r}" if prefix else None)
+    for col, justify in (("layer", "left"), ("shape", "right"), ("method", "left"), ("bpw", "right"),
+                         ("rel err", "right"), ("act err", "right"), ("s", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in report["layers"]:
+        act = "-" if r["act_error"] is None else f"{r['act_error']:.4f}"
+        table.add_row(r["name"][len(prefix):], f"{r['out_features']}x{r['in_features']}", r["method"],
+                      f"{r['bpw']:.3f}", f"{r['rel_error']:.4f}", act, f"{r['seconds']:.2f}")
+    s = report["summary"]
+    act = "-" if s["mean_act_error"] is None else f"{s['mean_act_error']:.4f}"
+    table.add_row(f"total ({s['layers']} layers)", f"{s['weights']:,}", report["method"], f"{s['bpw']:.3f}",
+                  f"{s['mean_rel_error']:.4f}", act, f"{s['seconds']:.1f}", style="bold")
+    return table
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest shared dotted prefix (ending in "."), to keep the table narrow."""
+    if not names:
+        return ""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) + "." if common else ""
+
+
+class _RichWarnings(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"[yellow]warning:[/] {record.getMessage()}")
+
+

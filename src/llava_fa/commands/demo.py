@@ -1,0 +1,94 @@
+"""`llava-fa demo`: the main job on the embedded default, end to end.
+
+Fetch and build the testbed (first run only), compress its language decoder, evaluate the
+uncompressed and the compressed model on the same questions and text, print one table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llava_fa.cli import UserError, app
+from llava_fa.paths import cache_dir
+
+DEFAULT_METHOD = "gptq"
+DEFAULT_OPTIONS = {"gptq": {"bits": 4, "group_size": 64}}
+
+
+def comparison_table(base: dict, comp: dict, report: dict) -> Table:
+    table = Table(title=f"testbed: uncompressed vs {report['method']} ({report['summary']['bpw']:.3f} bpw, decoder linears)")
+    table.add_column("measure")
+    table.add_column("uncompressed", justify="right")
+    table.add_column(report["method"], justify="right")
+    ppl_b, ppl_c = base.get("perplexity"), comp.get("perplexity")
+    if ppl_b and ppl_c:
+        table.add_row(f"WikiText-2 perplexity (seqlen {ppl_b['seqlen']}, {ppl_b['windows']} windows)",
+                      f"{ppl_b['ppl']:.3f}", f"{ppl_c['ppl']:.3f}")
+    vb, vc = base["vqa"]["fast"], comp["vqa"]["fast"]
+    table.add_row(f"easy-VQA accuracy (fast, first {vb['n']} test questions)", f"{vb['accuracy']:.2%}", f"{vc['accuracy']:.2%}")
+    fid = comp.get("fidelity")
+    if fid:
+        table.add_row(f"KL(ref || model), {fid['n_tokens']} tokens", "0", f"{fid['kl']:.4f}")
+        table.add_row("top-1 agreement with reference", "100.00%", f"{fid['top1_agreement']:.2%}")
+    table.add_row("decoder linear bits per weight", f"{base['size']['decoder_linear']['bpw']:.3f}",
+                  f"{comp['size']['decoder_linear']['bpw']:.3f}")
+    table.add_row("safetensors on disk (MiB)", f"{base['size']['disk_bytes'] / 2**20:.1f}",
+                  f"{comp['size']['disk_bytes'] / 2**20:.1f}")
+    table.add_row("compression time (s)", "", f"{report['wall_seconds']:.1f}")
+    return table
+
+
+@app.command("demo")
+def demo(
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Compression method."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    limit: int = typer.Option(100, "--limit", min=1, help="easy-VQA test questions to evaluate."),
+    ppl_windows: int = typer.Option(4, "--ppl-windows", min=0, help="WikiText-2 windows of 2048 tokens (0: skip)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Compressed model folder [default: $LLAVA_FA_CACHE/demo/METHOD]."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write both evaluations and the report here."),
+) -> None:
+    """Build the testbed, compress it, evaluate both models, print the comparison."""
+    from llava_fa.commands.compress import resolve_device
+    from llava_fa.commands.eval import write_json_atomic
+    from llava_fa.commands.testbed import ensure_testbed
+    from llava_fa.errors import LlavaFAError
+    from llava_fa.evaluation.runner import evaluate
+    from llava_fa.pipeline import compress_checkpoint
+    from llava_fa.recipe import Recipe
+
+    err = Console(stderr=True)
+    options = dict(DEFAULT_OPTIONS.get(method, {}))
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = value
+    dev = resolve_device(device)
+    testbed = ensure_testbed()
+    out = out or cache_dir() / "demo" / "-".join([method] + [f"{k}{v}" for k, v in sorted(options.items())])
+    report_file = out / "compress_report.json"  # written by save_compressed
+    if report_file.exists():
+        err.print(f"reusing the compressed model in {out}")
+        report = json.loads(report_file.read_text())
+    else:
+        err.print(f"compressing {testbed} with {method} {options} on {dev} ...")
+        try:
+            report = compress_checkpoint(testbed, Recipe(method=method, options=options), out, device=dev,
+                                         on_info=err.print, on_block=lambda d, t, label: err.print(f"  [{d}/{t}] {label}"))
+        except LlavaFAError as e:
+            raise UserError(str(e)) from None
+    common = dict(limit=limit, ppl_windows=ppl_windows, device=dev, fidelity_prompts=16)
+    err.print("evaluating the uncompressed testbed ...")
+    base = evaluate(testbed, **common)
+    err.print(f"evaluating the {method} model ...")
+    comp = evaluate(out, reference=testbed, **common)
+    Console().print(comparison_table(base, comp, report))
+    if json_path is not None:
+        write_json_atomic(json_path, {"uncompressed": base, "compressed": comp, "report": report})

@@ -1,0 +1,66 @@
+"""`affine`: bit-packed uniform affine codes with one float16 scale (and zero) per group.
+
+Stored tensors (b = bits, G = in_features / group_size groups per row):
+- `qweight` uint8 (out, ceil(in/8)*b): codes packed row by row;
+- `scales` int16 (out, G): the float16 bit patterns of the scales. Kept as integers so that a
+  `model.to(dtype)` or `from_pretrained(dtype=...)` cannot silently widen them (and change the
+  bits per weight or the rounding the method optimized against);
+- `qzeros` uint8 (ceil(out*G/8)*b,): zero points packed as one stream (absent when `sym`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llava_fa.layers.base import CompressedLinear
+from llava_fa.layers.registry import register_format
+from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
+
+
+@register_format
+class AffineLinear(CompressedLinear):
+    format = "affine"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, bits: int, group_size: int,
+                 sym: bool = False):
+        super().__init__(in_features, out_features, bias)
+        self.bits, self.sym = int(bits), bool(sym)
+        self.group_size = resolve_group_size(int(group_size), in_features)
+        n_groups = in_features // self.group_size
+        u8 = torch.uint8
+        self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, self.bits), dtype=u8))
+        self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=torch.int16))
+        if not self.sym:
+            self.register_buffer("qzeros", torch.zeros(packed_width(out_features * n_groups, self.bits), dtype=u8))
+
+    def params(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "sym": self.sym}
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int, sym: bool,
+                   bias: torch.Tensor | None = None) -> "AffineLinear":
+        """Build from codes (out, in), float scales and integer zeros (out, G)."""
+        out_f, in_f = codes.shape
+        mod = cls(in_f, out_f, bias is not None, bits=bits, group_size=in_f // scale.shape[1], sym=sym)
+        mod.qweight = pack(codes, bits)
+        mod.scales = scale.to(torch.float16).view(torch.int16).contiguous()
+        if not sym:
+            mod.qzeros = pack(zero.reshape(-1).round().to(torch.int64), bits)
+        if bias is not None:
+            mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return mod
+
+    def codes(self) -> torch.Tensor:
+        return unpack(self.qweight, self.bits, self.in_features)
+
+    def scale_zero(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scales.view(torch.float16).float()
+        if self.sym:
+            zero = torch.full_like(scale, 1 << (self.bits - 1))
+        else:
+            zero = unpack(self.qzeros, self.bits, scale.numel()).reshape(scale.shape).float()
+        return scale, zero
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        scale, zero = self.scale_zero()
+        return dequantize_grouped(self.codes(), scale, zero).to(dtype)

@@ -1,0 +1,66 @@
+"""The base of every stored format: a Linear replacement holding compressed tensors.
+
+A format is a module class with a registered name. Its constructor takes the layer's shape and a
+small JSON-serializable dict of parameters and allocates empty buffers of the exact stored shapes,
+so a checkpoint loader can build the module skeleton from `quantization_config` alone and then
+fill the buffers from safetensors. The bias stays a plain parameter under the name `bias`, as in
+`nn.Linear`, so uncompressed and compressed checkpoints share key names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CompressedLinear(nn.Module):
+    format: ClassVar[str] = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, **params: Any):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        # The bias is not compressed; its dtype follows the model's like any other parameter.
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    # --- what every format defines -------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The JSON parameters that, with the shape, rebuild this module's skeleton."""
+        raise NotImplementedError
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense (out_features, in_features) weight this module represents."""
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that encode the weight (all buffers; the bias is not part of it)."""
+        return dict(self.named_buffers(recurse=False))
+
+    def storage_bits(self) -> int:
+        """Bits of every stored tensor of the weight: codes, scales, zeros, factors...
+
+        The bias is excluded: no method compresses it and it is identical in the dense baseline.
+        bpw = storage_bits() / (in_features * out_features).
+        """
+        return sum(t.numel() * t.element_size() * 8 for t in self.stored_tensors().values())
+
+    def bits_per_weight(self) -> float:
+        return self.storage_bits() / (self.in_features * self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Unfused: rebuild the dense weight in the activation's dtype, then one GEMM.
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantize(x.dtype), bias)
+
+    @classmethod
+    def from_config(cls, in_features: int, out_features: int, bias: bool, params: dict[str, Any]) -> "CompressedLinear":
+        return cls(in_features, out_features, bias, **params)
+
+    def extra_repr(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        shape = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{shape}, {extra}"

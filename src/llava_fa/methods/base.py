@@ -1,0 +1,196 @@
+"""The method interface, its statistics and the registry of methods.
+
+A method declares which calibration statistics it needs (`needs`), takes one weight with those
+statistics and returns a compressed module of some storage format. Its options are one dataclass
+(`Config`); `build_config` turns flags, YAML or JSON values into it and rejects unknown options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import re
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from llava_fa.errors import ConfigError
+from llava_fa.layers.base import CompressedLinear
+
+# Statistics a method may ask for, per linear layer input x (one row per token):
+XTX = "xtx"  # sum of x x^T: the (unnormalized) Hessian of GPTQ-style objectives
+SQ = "sq"  # sum of x^2 per input channel: the diagonal alone, far cheaper for wide layers
+STATS = (XTX, SQ)
+MODALITIES = ("text", "image")
+
+
+@dataclass
+class LayerStats:
+    """Input statistics of one linear layer, kept separately for text and image token positions."""
+
+    in_features: int
+    xtx: dict[str, torch.Tensor] = field(default_factory=dict)
+    sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODALITIES})
+
+    def _pick(self, modality: str) -> tuple[str, ...]:
+        if modality == "all":
+            return MODALITIES
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown modality {modality!r}; use all, text or image")
+        return (modality,)
+
+    def count(self, modality: str = "all") -> int:
+        return sum(self.tokens[m] for m in self._pick(modality))
+
+    def xtx_sum(self, modality: str = "all") -> torch.Tensor:
+        mods = [m for m in self._pick(modality) if m in self.xtx]
+        if not mods:
+            raise ConfigError(f"no X^T X was collected for {modality} tokens")
+        return sum(self.xtx[m] for m in mods)
+
+    def hessian(self, modality: str = "all") -> torch.Tensor:
+        """GPTQ's H = 2/N sum x x^T over the tokens of `modality` ("all", "text", "image")."""
+        n = self.count(modality)
+        if n == 0:
+            raise ConfigError(f"the calibration data held no {modality} tokens for this layer")
+        return self.xtx_sum(modality) * (2.0 / n)
+
+    def mean_sq(self, modality: str = "all") -> torch.Tensor:
+        """Mean of x^2 per input channel (from `sq`, or the diagonal of `xtx`)."""
+        n = self.count(modality)
+        if n == 0:
+            raise ConfigError(f"the calibration data held no {modality} tokens for this layer")
+        mods = self._pick(modality)
+        if all(m in self.sq for m in mods):
+            return sum(self.sq[m] for m in mods) / n
+        return torch.diagonal(self.xtx_sum(modality)) / n
+
+    def to(self, device: torch.device | str) -> "LayerStats":
+        return LayerStats(self.in_features, {k: v.to(device) for k, v in self.xtx.items()},
+                          {k: v.to(device) for k, v in self.sq.items()}, dict(self.tokens))
+
+
+@dataclass
+class MethodConfig:
+    """Base of method configs: subclasses are dataclasses whose fields are the method's options."""
+
+    def check(self) -> None:
+        """Raise ConfigError for values out of range (called by build_config)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def check_layer(self, name: str, linear: nn.Linear) -> None:
+        """Raise ConfigError before any work starts if this layer cannot be compressed."""
+
+    @abstractmethod
+    def compress(self, weight: torch.Tensor, stats: LayerStats | None,
+                 bias: torch.Tensor | None = None) -> CompressedLinear:
+        """Compress a (out_features, in_features) weight; `stats` holds what `needs` asked for."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not re.fullmatch(r"[a-z][a-z0-9]*", getattr(cls, "name", "")):
+        raise ValueError(f"method name {getattr(cls, 'name', None)!r} must be a short lowercase word")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
+        raise TypeError(f"{cls.__name__}.Config must be a MethodConfig dataclass")
+    unknown = set(cls.needs) - set(STATS)
+    if unknown:
+        raise ValueError(f"{cls.__name__} needs unknown statistics {sorted(unknown)}; known: {STATS}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} is already registered by {METHODS[cls.name].__name__}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def discover() -> None:
+    """Import every method subpackage of `llava_fa.methods`: adding a method is adding a folder."""
+    import llava_fa.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def available_methods() -> list[str]:
+    discover()
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    discover()
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_config(method: str, options: dict[str, Any] | None = None) -> MethodConfig:
+    """The method's Config from a dict of options (strings from the CLI are converted)."""
+    cls = get_method(method).Config
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in (options or {}).items():
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ConfigError(f"method {method!r} has no option {key!r}; its options are: {', '.join(fields)}")
+        kwargs[key] = _convert(value, hints[key], f"{method} option {key}")
+    config = cls(**kwargs)
+    config.check()
+    return config
+
+
+def _convert(value: Any, hint: Any, what: str) -> Any:
+    """Coerce a YAML/JSON/CLI value to the annotated type (bool, int, float, str, Literal, Optional)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(value, args[0], what)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{what} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value

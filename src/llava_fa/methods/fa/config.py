@@ -1,0 +1,92 @@
+"""Options of `fa` (LLaVA-FA) and the checks that reject impossible combinations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from llava_fa.errors import ConfigError
+from llava_fa.methods.base import MethodConfig
+
+DEFAULT_RANK = 8  # used by joint/lowrank when neither rank, rank_fraction nor bpw is given
+
+
+@dataclass
+class FAConfig(MethodConfig):
+    # Domain of the approximation: half 2-D spectrum, 1-D spectrum along the input axis, full 2-D
+    # spectrum (stores twice the reals: an ablation), or the weight itself (spatial control).
+    transform: Literal["rfft2", "rfft", "fft2", "none"] = "rfft2"
+    # joint: low-rank + quantized residual; lowrank: low-rank part only; quant: codes only (rank 0).
+    structure: Literal["joint", "lowrank", "quant"] = "joint"
+    # Absolute rank of the spectral low-rank part, clamped to the layer's max rank (joint at rank 0
+    # is the same as quant, so rank sweeps can start at 0).
+    rank: int | None = None
+    rank_fraction: float | None = None  # or a fraction of the max rank min(m, h)
+    lr_bits: int = 8  # low-rank factors: 16 (float16) or 8 / 4 (symmetric, one scale per component)
+    quantizer: Literal["polar", "cartesian"] = "polar"
+    # PolarQuant magnitude bits b_r and phase bits b_theta (cartesian: (b_r + b_theta)/2 bits per part).
+    # Phase gets 2 more bits: on the testbed's spectra the equal split b+b has ~30% more error than
+    # (b-1)+(b+1) at the same bits (scripts/fa_layer_study.py).
+    mag_bits: int = 2
+    phase_bits: int = 4
+    # Bits of each real stored value (self-conjugate entries; all of W for transform none).
+    # Default ceil((b_r + b_theta)/2): a complex code spends b_r + b_theta bits on 2 reals.
+    real_bits: int | None = None
+    group_size: int = 64  # entries per scale, consecutive along a row of the grid; -1: one group per row
+    # PolarQuant magnitude levels (ignored by cartesian and by transform none, which store uniform codes).
+    levels: Literal["uniform", "lloyd"] = "lloyd"
+    # Per-group clipping search of every scale (codes and quantized factors) by squared error,
+    # instead of the plain absmax; never worse, ~17x the (cheap) quantization time.
+    scale_search: bool = True
+    odc: Literal["off", "data-free", "calibrated"] = "data-free"
+    odc_alpha: float = 0.5  # data-free: c_j = colRMS_j^-alpha; calibrated: c_j = mean(x_j^2)^(alpha/2)
+    odc_rows: bool = False  # also row scales r_i = rowRMS_i^-alpha (of the column-scaled weight)
+    modality: Literal["all", "text", "image"] = "all"  # tokens whose statistics calibrated ODC uses
+    iters: int = 5  # alternations of low-rank fit and quantization (joint only); the best is kept
+    # Target bits per weight (every stored bit counted). When set, the rank is chosen (and the code
+    # bits lowered if even rank 0 does not fit): see methods/fa/budget.py.
+    bpw: float | None = None
+
+    def resolved_real_bits(self) -> int:
+        return self.real_bits if self.real_bits is not None else math.ceil((self.mag_bits + self.phase_bits) / 2)
+
+    def check(self) -> None:
+        for key in ("mag_bits", "phase_bits"):
+            if not 1 <= getattr(self, key) <= 8:
+                raise ConfigError(f"fa: --{key.replace('_', '-')} must be from 1 to 8, got {getattr(self, key)}")
+        if not 1 <= self.resolved_real_bits() <= 8:
+            raise ConfigError(f"fa: --real-bits must be from 1 to 8, got {self.real_bits}")
+        if self.lr_bits not in (16, 8, 4):
+            raise ConfigError(f"fa: --lr-bits must be 16, 8 or 4, got {self.lr_bits}")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise ConfigError(f"fa: --group-size must be positive or -1 (one group per row), got {self.group_size}")
+        if self.iters < 1:
+            raise ConfigError(f"fa: --iters must be at least 1, got {self.iters}")
+        if not 0 <= self.odc_alpha <= 2:
+            raise ConfigError(f"fa: --odc-alpha must be in [0, 2], got {self.odc_alpha}")
+        if self.odc_rows and self.odc == "off":
+            raise ConfigError("fa: --odc-rows needs --odc data-free or calibrated")
+        if self.quantizer == "cartesian":
+            if (self.mag_bits + self.phase_bits) % 2:
+                raise ConfigError(f"fa: cartesian codes give (mag_bits + phase_bits)/2 bits to the real and to the "
+                                  f"imaginary part; the sum must be even, got {self.mag_bits} + {self.phase_bits}")
+        if self.transform == "none" and self.quantizer != "polar":
+            raise ConfigError("fa: --transform none quantizes real weights with --real-bits; --quantizer cartesian "
+                              "only applies to complex spectra")
+        if self.rank is not None and self.rank_fraction is not None:
+            raise ConfigError("fa: give --rank or --rank-fraction, not both")
+        if self.rank is not None and self.rank < 0:
+            raise ConfigError(f"fa: --rank must be >= 0, got {self.rank}")
+        if self.rank_fraction is not None and not 0 < self.rank_fraction <= 1:
+            raise ConfigError(f"fa: --rank-fraction must be in (0, 1], got {self.rank_fraction}")
+        if self.bpw is not None:
+            if self.bpw <= 0:
+                raise ConfigError(f"fa: --bpw must be positive, got {self.bpw}")
+            if self.rank is not None or self.rank_fraction is not None:
+                raise ConfigError("fa: --bpw chooses the rank; do not also give --rank or --rank-fraction")
+        if self.structure == "quant" and ((self.rank or 0) > 0 or self.rank_fraction is not None):
+            raise ConfigError("fa: --structure quant has no low-rank part; drop --rank/--rank-fraction "
+                              "(or use --structure joint)")
+        if self.structure == "lowrank" and self.rank == 0:
+            raise ConfigError("fa: --structure lowrank needs a rank > 0")

@@ -1,0 +1,68 @@
+"""The alternation of LLaVA-FA: low-rank fit of what the codes miss, codes of what the low rank misses.
+
+On the spectrum S of W_s (the ODC-scaled weight):
+    L <- FourierSVD_r(S - Q)      (factors stored, float16 or quantized: L is their dequantized product)
+    Q <- quantize(S - L)           (PolarQuant / cartesian / real codes of the stored entries)
+starting from Q = 0. Each iterate is encoded into the layer's buffers and its error is measured on
+the stored form, in the weight domain: ||W_s - inverse(L + Q)||_F (the weighted error; no reliance
+on Parseval bookkeeping). Scales are refitted at every step, so the error need not fall
+monotonically: the best iterate is kept, and `history` lists every iterate's error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llava_fa.layers.fourier import FourierLinear
+from llava_fa.methods.fa.lowrank import fourier_svd
+from llava_fa.transforms import fourier as ft
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    layer: FourierLinear
+    history: list[float] = field(default_factory=list)  # weighted error of each iterate
+    best: int = 0  # index of the kept iterate
+
+
+@torch.no_grad()
+def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None, iters: int = 5, bias: torch.Tensor | None = None,
+              scale_search: bool = True) -> FitResult:
+    m, n = W.shape
+    mode, rank, codes = params["transform"], params["rank"], params["codes"]
+    layer = FourierLinear(n, m, bias is not None, **params).to(W.device)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+    layer.set_odc(cols, rows)
+    Ws = layer.scale_weight(W)
+    S = ft.forward(Ws, mode)
+    colw = None if mode == "none" else ft.column_weights(m, n, mode, W.device)
+    result = FitResult(layer)
+    best_state = None
+    Q = None
+    for step in range(iters if (rank and codes) else 1):
+        L = None
+        if rank:
+            A, B = fourier_svd(S if Q is None else S - Q, rank, colw)
+            layer.set_lowrank(A, B, scale_search)
+            L = layer.lowrank_grid()
+        if codes:
+            layer.set_codes(S if L is None else S - L, scale_search)
+            Q = layer.codes_grid()
+        err = (Ws - layer.reconstruct_scaled()).norm().item()
+        log.debug("fa %dx%d %s rank %d: iterate %d weighted error %.6g (relative %.4f)", m, n, mode, rank, step, err,
+                  err / max(Ws.norm().item(), 1e-30))
+        if best_state is None or err < min(result.history):
+            best_state = {k: v.clone() for k, v in layer.named_buffers()}
+            result.best = step
+        result.history.append(err)
+    for k, v in best_state.items():
+        setattr(layer, k, v)
+    return result

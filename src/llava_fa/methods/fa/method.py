@@ -1,0 +1,45 @@
+"""`fa`: LLaVA-FA, joint low-rank + quantization of the weight's Fourier spectrum."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llava_fa.errors import ConfigError
+from llava_fa.layers.fourier import FourierLinear
+from llava_fa.methods.base import SQ, LayerStats, Method, register_method
+from llava_fa.methods.fa.budget import plan_layer
+from llava_fa.methods.fa.config import FAConfig
+from llava_fa.methods.fa.fit import fit_layer
+from llava_fa.methods.fa.odc import column_scales, row_scales
+
+
+@register_method
+class FA(Method):
+    name = "fa"
+    Config = FAConfig
+    needs = frozenset()  # calibration-free by default; an instance with --odc calibrated needs `sq`
+
+    def __init__(self, config: FAConfig | None = None):
+        super().__init__(config)
+        if self.config.odc == "calibrated":
+            self.needs = frozenset({SQ})
+
+    def check_layer(self, name: str, linear: nn.Linear) -> None:
+        try:
+            plan_layer(self.config, linear.out_features, linear.in_features)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (layer {name})") from None
+
+    def compress(self, weight: torch.Tensor, stats: LayerStats | None, bias: torch.Tensor | None = None
+                 ) -> FourierLinear:
+        c = self.config
+        m, n = weight.shape
+        params = plan_layer(c, m, n)
+        W = weight.detach().float()
+        cols = column_scales(W, c.odc, c.odc_alpha, stats, c.modality)
+        rows = row_scales(W if cols is None else W * cols, c.odc_alpha) if c.odc_rows else None
+        result = fit_layer(W, params, cols, rows, c.iters, bias, c.scale_search)
+        # Per-iteration weighted errors, for reports (a plain attribute: not stored).
+        result.layer.fit_history = result.history
+        return result.layer

@@ -1,0 +1,39 @@
+"""`rtn`: per-group round-to-nearest, the calibration-free baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llava_fa.layers import AffineLinear
+from llava_fa.methods.base import LayerStats, Method, MethodConfig, register_method
+from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.quantizers import AffineSpec, quantize_grouped
+
+
+@dataclass
+class RTNConfig(MethodConfig):
+    bits: int = 4
+    group_size: int = 64  # 64 divides the testbed's widths (576, 1536); 128 does not divide 576
+    sym: bool = False
+
+    def check(self) -> None:
+        check_affine_options("rtn", self.bits, self.group_size, self.sym)
+
+
+@register_method
+class RTN(Method):
+    name = "rtn"
+    Config = RTNConfig
+    needs = frozenset()
+
+    def check_layer(self, name: str, linear: nn.Linear) -> None:
+        check_group_divides(self.name, name, linear.weight, self.config.group_size)
+
+    def compress(self, weight: torch.Tensor, stats: LayerStats | None,
+                 bias: torch.Tensor | None = None) -> AffineLinear:
+        c = self.config
+        codes, scale, zero = quantize_grouped(weight, AffineSpec(c.bits, c.group_size, c.sym))
+        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias)
