@@ -17,8 +17,10 @@ from rich.table import Table
 from llava_fa.cli import UserError, app
 from llava_fa.paths import cache_dir
 
-DEFAULT_METHOD = "gptq"
-DEFAULT_OPTIONS = {"gptq": {"bits": 4, "group_size": 64}}
+# LLaVA-FA on the half spectrum, PolarQuant 2+4 bits, calibrated ODC, no low-rank part: the best
+# LLaVA-FA configuration measured on the testbed so far (docs/RESULTS.md), at about 3.16 bpw.
+DEFAULT_METHOD = "fa"
+DEFAULT_OPTIONS = {"fa": {"structure": "quant", "odc": "calibrated"}, "gptq": {"bits": 4, "group_size": 64}}
 
 
 def comparison_table(base: dict, comp: dict, report: dict) -> Table:
