@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -7,3 +8,12 @@ def testbed_dir():
     from llava_fa.commands.testbed import ensure_testbed
 
     return ensure_testbed()
+
+
+@pytest.fixture
+def one_thread():
+    """MKL/OpenMP on 2 shared cores: LAPACK calls can stall ~1 s each waiting for a second thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -13,13 +13,7 @@ from llava_fa.methods.fa import fit_layer
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # MKL/OpenMP on 2 shared cores: LAPACK calls can stall ~1 s each waiting for a second thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(**kw):

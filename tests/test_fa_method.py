@@ -12,13 +12,7 @@ from llava_fa.methods.fa import column_scales, fit_layer, plan_layer
 from llava_fa.paths import cache_dir
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # MKL/OpenMP on 2 shared cores: LAPACK calls can stall ~1 s each waiting for a second thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weight(m=48, n=40, seed=0):

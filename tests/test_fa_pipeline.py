@@ -10,13 +10,7 @@ from llava_fa.methods import build_config, get_method
 from llava_fa.pipeline import compress_model, default_patterns, find_parts, select
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # MKL/OpenMP on 2 shared cores: LAPACK calls can stall ~1 s each waiting for a second thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compress_save_load(tmp_path):

@@ -8,13 +8,7 @@ from llava_fa.transforms import fourier as ft
 SHAPES = [(6, 8), (5, 7), (6, 7), (5, 8), (1, 1), (2, 2), (1, 4), (3, 1), (16, 12)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # MKL/OpenMP on 2 shared cores: LAPACK calls can stall ~1 s each waiting for a second thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("mode", ft.MODES)

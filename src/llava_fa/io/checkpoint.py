@@ -13,7 +13,6 @@ Nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -112,11 +111,9 @@ def read_header(path: Path, fix: str = "compress the model again") -> dict[str, 
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from llava_fa.assets import sha256_of
+
+    return sha256_of(path)
 
 
 def write_manifest(directory: Path) -> None:
