@@ -9,7 +9,6 @@ from llava_fa.errors import ConfigError
 from llava_fa.layers.fourier import FourierLinear
 from llava_fa.methods import LayerStats, available_methods, build_config, get_method
 from llava_fa.methods.fa import column_scales, fit_layer, plan_layer
-from llava_fa.paths import cache_dir
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,11 +125,10 @@ def test_bpw_target_picks_the_largest_rank_that_fits():
     assert layer.bits_per_weight() <= 3.0
 
 
-def test_real_testbed_weight():
-    path = cache_dir() / "testbed" / "model.safetensors"
-    if not path.is_file():
-        pytest.skip(f"no testbed weights at {path} (build them with `llava-fa testbed`)")
+def test_real_testbed_weight(testbed_dir):
     from safetensors import safe_open
+
+    path = testbed_dir / "model.safetensors"
 
     with safe_open(str(path), "pt") as f:
         W = f.get_tensor("language_model.model.layers.10.self_attn.q_proj.weight").float()[:, :]
