@@ -47,6 +47,16 @@ def test_registry_and_names():
     with pytest.raises(ValueError, match="short lowercase word"):
         register_method(Bad)
 
+    class Hyphenated(Bad):
+        name = "zz-test-x"  # the literature's names: pb-llm, arb-x, svd-llm
+
+    from llava_fa.methods.base import METHODS
+
+    try:
+        assert register_method(Hyphenated) is Hyphenated and get_method("zz-test-x") is Hyphenated
+    finally:
+        METHODS.pop("zz-test-x", None)
+
 
 def test_build_config_converts_and_rejects():
     cfg = build_config("gptq", {"bits": "3", "act-order": "true", "damp": "0.1", "group_size": -1})

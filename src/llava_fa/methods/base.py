@@ -109,7 +109,8 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if not re.fullmatch(r"[a-z][a-z0-9]*", getattr(cls, "name", "")):
+    # Short lowercase words, hyphenated where the literature is (pb-llm, arb-x, svd-llm).
+    if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", getattr(cls, "name", "")):
         raise ValueError(f"method name {getattr(cls, 'name', None)!r} must be a short lowercase word")
     if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
         raise TypeError(f"{cls.__name__}.Config must be a MethodConfig dataclass")
