@@ -95,7 +95,7 @@ def test_forward_paths_match_dequantized_weight(transform, m, n, device):
     layer = layer.to(device)
     x = torch.randn(3, 5, n, device=device)
     ref = x @ layer.dequantize().T + layer.bias
-    for mode in ("cached", "spectral"):
+    for mode in ("cached", "dequant", "spectral"):
         layer.forward_mode = mode
         y = layer(x)
         assert y.shape == (3, 5, m)

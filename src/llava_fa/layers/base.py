@@ -51,10 +51,34 @@ class CompressedLinear(nn.Module):
     def bits_per_weight(self) -> float:
         return self.storage_bits() / (self.in_features * self.out_features)
 
+    # Forward passes (attribute `forward_mode`, a runtime choice, not stored):
+    # - "cached": rebuild the dense weight once per device/dtype and keep it as a plain attribute (not
+    #   in the state_dict; dropped on load_state_dict and .to()): fast, memory saved at rest only;
+    # - "dequant": rebuild it at every call (unfused), so only the compressed form stays in memory.
+    # Formats may add their own modes (the `fourier` format's "spectral").
+    forward_modes: ClassVar[tuple[str, ...]] = ("cached", "dequant")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Unfused: rebuild the dense weight in the activation's dtype, then one GEMM.
+        mode = getattr(self, "forward_mode", "cached")
+        if mode not in self.forward_modes:
+            raise ValueError(f"forward_mode must be one of {', '.join(self.forward_modes)}, got {mode!r}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize(x.dtype), bias)
+        if mode == "dequant":
+            return F.linear(x, self.dequantize(x.dtype), bias)
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cache.clear()  # one copy at a time: the cache costs a dense weight of memory
+            cache[key] = self.dequantize(torch.float32).to(x.device, x.dtype)
+        return F.linear(x, cache[key], bias)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.get("_cache", {}).clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.get("_cache", {}).clear()
+        return super()._apply(fn, recurse)
 
     @classmethod
     def from_config(cls, in_features: int, out_features: int, bias: bool, params: dict[str, Any]) -> "CompressedLinear":

@@ -22,7 +22,8 @@ stored entries within one row of the grid (a row's last group may be shorter); t
 entries of rfft/rfft2 form groups of consecutive entries across rows.
 
 Forward passes (attribute `forward_mode`, a runtime choice, not stored):
-- "cached": rebuild the dense weight once per device/dtype and keep it as a plain attribute
+- "cached" (default) and "dequant": as for every format (layers/base.py); "cached" rebuilds the
+  dense weight once per device/dtype and keeps it as a plain attribute
   (not in the state_dict; dropped on load_state_dict and on .to()).
 - "spectral": never forms W. With X = rfft(x / c) (fft for fft2), y = Re(ifft_m(conj(X) Q_w^T +
   (conj(X) B_w^T) A)) / r for rfft2/fft2 and the same without ifft_m for rfft, where Q_w is the
@@ -172,7 +173,6 @@ class FourierLinear(CompressedLinear):
         for name, (shape, dtype) in self.layout.buffers().items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         self.forward_mode = "cached"
-        self._cache: dict[tuple, torch.Tensor] = {}
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)
@@ -337,17 +337,12 @@ class FourierLinear(CompressedLinear):
         return out
 
     # --- forward -----------------------------------------------------------------------------------
+    forward_modes = ("cached", "dequant", "spectral")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward_mode == "spectral":
             return self.spectral_forward(x)
-        if self.forward_mode != "cached":
-            raise ValueError(f"forward_mode must be 'cached' or 'spectral', got {self.forward_mode!r}")
-        key = (x.device, x.dtype)
-        if key not in self._cache:
-            self._cache.clear()  # one copy at a time: the cache costs a dense weight of memory
-            self._cache[key] = self.dequantize(torch.float32).to(x.device, x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self._cache[key], bias)
+        return super().forward(x)  # "cached" or "dequant"
 
     def spectral_forward(self, x: torch.Tensor) -> torch.Tensor:
         """y = x W^T computed from the compressed form, never forming W (see the module docstring)."""
@@ -384,14 +379,6 @@ class FourierLinear(CompressedLinear):
             y = y + self.bias.float()
         return y.to(x.dtype)
 
-    # --- cache invalidation --------------------------------------------------------------------------
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._cache.clear()
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn, recurse=True):
-        self._cache.clear()
-        return super()._apply(fn, recurse)
 
 
 def _validate(p: dict[str, Any]) -> None:

@@ -1,0 +1,34 @@
+"""Forward modes shared by every compressed format: cached and per-call dequantization agree."""
+
+import pytest
+import torch
+
+from llava_fa.methods.base import build_config, get_method
+
+
+@pytest.mark.parametrize("method,options", [("rtn", {"bits": 3, "group_size": 16}), ("fa", {"structure": "quant"})])
+def test_cached_and_dequant_forward_agree(method, options):
+    torch.manual_seed(0)
+    w = torch.randn(24, 32)
+    layer = get_method(method)(build_config(method, options)).compress(w, None, torch.randn(24))
+    x = torch.randn(4, 32)
+    ref = x @ layer.dequantize().T + layer.bias
+    outs = {}
+    for mode in ("dequant", "cached", "cached"):  # the second cached call reads the cache
+        layer.forward_mode = mode
+        outs[mode] = layer(x)
+        torch.testing.assert_close(outs[mode], ref, rtol=1e-5, atol=1e-5)
+    assert not any("cache" in k for k in layer.state_dict())
+    layer.forward_mode = "fused"
+    with pytest.raises(ValueError, match="forward_mode must be one of"):
+        layer(x)
+
+
+def test_cache_is_dropped_when_weights_change():
+    torch.manual_seed(0)
+    rtn = get_method("rtn")(build_config("rtn", {"bits": 4, "group_size": 16}))
+    a, b = rtn.compress(torch.randn(8, 32), None), rtn.compress(torch.randn(8, 32), None)
+    x = torch.randn(2, 32)
+    a(x)  # fills the cache
+    a.load_state_dict(b.state_dict())
+    torch.testing.assert_close(a(x), b(x))
