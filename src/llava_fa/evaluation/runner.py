@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
@@ -37,27 +36,15 @@ def is_multimodal(model_dir: str | Path) -> bool:
     return getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None) is not None
 
 
-# Loaders tried before the plain Hugging Face one: fn(model_dir, device, dtype) returns
-# (model, processor or tokenizer, multimodal?) for a folder it handles (e.g. a compressed
-# checkpoint), else None.
-LOADERS: list[Callable[[Path, torch.device, torch.dtype], tuple | None]] = []
-
-
-def register_loader(fn: Callable[[Path, torch.device, torch.dtype], tuple | None]) -> Callable:
-    if fn not in LOADERS:
-        LOADERS.append(fn)
-    return fn
-
-
 def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype):
-    """(model, processor or tokenizer, multimodal?) for a model directory."""
+    """(model, processor or tokenizer, multimodal?) for a model directory.
+
+    Compressed llava-fa folders load through the same `from_pretrained`: `import llava_fa`
+    registered their quantizer with transformers."""
     from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
                               AutoTokenizer)
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json. Fix: pass a folder written by save_pretrained")
-    for loader in LOADERS:
-        if (loaded := loader(Path(model_dir), device, dtype)) is not None:
-            return loaded
     multimodal = is_multimodal(model_dir)
     auto_model, auto_proc = ((AutoModelForImageTextToText, AutoProcessor) if multimodal
                              else (AutoModelForCausalLM, AutoTokenizer))
