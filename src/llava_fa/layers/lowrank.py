@@ -157,6 +157,13 @@ class LowRankLinear(CompressedLinear):
             setattr(self, f"{name}_scales", _f16_bits(scale))
             setattr(self, f"{name}_zeros", pack(zero.reshape(-1).round().to(torch.int64), p["lr_bits"]))
 
+    def set_factor_codes(self, name: str, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """Store codes chosen by the method (e.g. GPTQ) for `lr_a` (codes of A^T, (r, m)) or `lr_b` (r, n)."""
+        bits = self._params["lr_bits"]
+        setattr(self, name, pack(codes.to(torch.int64), bits))
+        setattr(self, f"{name}_scales", _f16_bits(scale))
+        setattr(self, f"{name}_zeros", pack(zero.reshape(-1).round().to(torch.int64), bits))
+
     # --- decode --------------------------------------------------------------------------------------
     def base_weight(self) -> torch.Tensor | None:
         p = self._params

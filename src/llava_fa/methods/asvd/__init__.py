@@ -14,6 +14,7 @@ ASVD's sensitivity-based per-layer rank search is not implemented (one ratio for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -54,7 +55,7 @@ class RankOptions(MethodConfig):
 class ASVDConfig(RankOptions):
     alpha: float = 0.5
     store_scale: bool = False  # store s^alpha as a vector instead of folding it into B
-    modality: str = "all"
+    modality: Literal["all", "text", "image"] = "all"
 
     def check(self) -> None:
         self.check_rank("asvd")

@@ -11,6 +11,7 @@ Without statistics s = 1 (plain LQER).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class LQERConfig(MethodConfig):
     rank: int = 32
     lr_bits: int = 8
     lr_group: int = 64
-    modality: str = "all"
+    modality: Literal["all", "text", "image"] = "all"
 
     def check(self) -> None:
         check_affine_options("lqer", self.bits, self.group_size, False)

@@ -12,6 +12,7 @@ LoRA-style parameter update after truncation is not implemented.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -25,7 +26,7 @@ from llava_fa.methods.base import XTX, LayerStats, Method, register_method
 class SVDLLMConfig(RankOptions):
     param_ratio: float = 0.8
     damp: float = 1e-4
-    modality: str = "all"
+    modality: Literal["all", "text", "image"] = "all"
 
     def check(self) -> None:
         self.check_rank("svd-llm")

@@ -1,0 +1,89 @@
+"""`hadamard`: affine codes of a randomly rotated weight, W = W_r R with R = H_blk diag(d).
+
+R acts on the input dimension: d (n,) are random signs and H_blk is block-diagonal with orthonormal
+Sylvester-Hadamard blocks of size `block`, the largest power of two that divides n (n = 576 = 9 * 64:
+blocks of 64; 1536 = 3 * 512: blocks of 512; powers of two: one block). This is the cheap, exact
+choice (a fast Walsh-Hadamard transform per block, O(n log block)); it mixes only within blocks,
+which spreads outliers less than a full-width rotation (a Kronecker with a 9x9 or 3x3 orthogonal
+matrix would mix across blocks, at the cost of a dense small matrix), but the random signs make
+each block incoherent on its own. W x = W_r (R x), so a kernel could also rotate activations.
+
+Stored tensors: `qweight`, `scales`, `qzeros` exactly as the `affine` format (codes of W_r = W R^T),
+and `signs` uint8 (ceil(n/8),): the sign vector d packed one bit per channel (1 = negative), stored
+rather than a seed so the layer does not depend on a random generator's implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llava_fa.layers.affine import AffineLinear
+from llava_fa.layers.registry import register_format
+from llava_fa.quantizers import pack, packed_width, unpack
+
+
+def hadamard_block(n: int) -> int:
+    """The largest power of two dividing n."""
+    return n & (-n)
+
+
+def fwht(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Orthonormal Walsh-Hadamard transform of each run of `block` entries along the last axis."""
+    *lead, n = x.shape
+    y = x.reshape(-1, n // block, block).clone()
+    h = 1
+    while h < block:
+        y = y.reshape(y.shape[0], n // block, block // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = torch.stack((a + b, a - b), dim=-2).reshape(-1, n // block, block)
+        h *= 2
+    return (y / block ** 0.5).reshape(*lead, n)
+
+
+def random_signs(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randint(0, 2, (n,), generator=g) * -2 + 1
+
+
+def rotate_weight(W: torch.Tensor, d: torch.Tensor, block: int) -> torch.Tensor:
+    """W R^T = W diag(d) H_blk (H_blk symmetric): the weight seen by rotated inputs."""
+    return fwht(W.float() * d, block)
+
+
+def unrotate_weight(Wr: torch.Tensor, d: torch.Tensor, block: int) -> torch.Tensor:
+    """W = W_r R = W_r H_blk diag(d)."""
+    return fwht(Wr.float(), block) * d
+
+
+def rotate_hessian(H: torch.Tensor, d: torch.Tensor, block: int) -> torch.Tensor:
+    """R H R^T (the Hessian of the rotated inputs R x)."""
+    M = H.float() * d[:, None] * d[None, :]
+    return fwht(fwht(M, block).T.contiguous(), block).T.contiguous()
+
+
+@register_format
+class HadamardLinear(AffineLinear):
+    format = "hadamard"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *, bits: int, group_size: int,
+                 sym: bool = False, block: int | None = None):
+        super().__init__(in_features, out_features, bias, bits=bits, group_size=group_size, sym=sym)
+        self.block = int(block) if block else hadamard_block(in_features)
+        if self.block & (self.block - 1) or in_features % self.block:
+            raise ValueError(f"hadamard: block {self.block} must be a power of two dividing {in_features}")
+        self.register_buffer("signs", torch.zeros(packed_width(in_features, 1), dtype=torch.uint8))
+
+    def params(self) -> dict:
+        return {**super().params(), "block": self.block}
+
+    def set_signs(self, d: torch.Tensor) -> None:
+        self.signs = pack((d < 0).to(torch.int64), 1)
+
+    def sign_vector(self) -> torch.Tensor:
+        return 1.0 - 2.0 * unpack(self.signs, 1, self.in_features).float()
+
+    def rotated_weight(self) -> torch.Tensor:
+        return super().dequantize(torch.float32)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return unrotate_weight(self.rotated_weight(), self.sign_vector(), self.block).to(dtype)
