@@ -9,7 +9,6 @@ relative weight error and the activation-weighted errors under the all, text and
 """
 import time, torch
 torch.set_num_threads(1)
-from pathlib import Path
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from llava_fa.calibration.data import build_samples
 from llava_fa.methods import get_method, build_config, LayerStats
