@@ -20,7 +20,7 @@ def _register() -> None:
     # Imported here so that `import llava_fa.cli` stays cheap and each group registers itself.
     from llava_fa.commands import eval as eval_cmd  # noqa: F401
     from llava_fa.commands import testbed  # noqa: F401
-    from llava_fa.commands import chat, compress, demo  # noqa: F401
+    from llava_fa.commands import bench, chat, compress, demo  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,52 @@
+"""`llava-fa bench`: a sweep of compression runs with one JSON record each, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llava_fa.cli import UserError, app
+
+
+def records_table(records: list[dict]) -> Table:
+    table = Table(title="llava-fa bench")
+    for col in ("run", "method", "bpw", "PPL", "easy-VQA", "KL", "top-1", "compress s", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("run", "method") else "right")
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    for r in records:
+        table.add_row(r["name"], r["method"], fmt(r["bpw"], ".3f"), fmt(r["perplexity"], ".2f"),
+                      fmt(r["vqa_accuracy"], ".2%"), fmt(r["kl"], ".3f"), fmt(r["top1_agreement"], ".2%"),
+                      fmt(r["compress_seconds"], ".1f"), fmt(r["peak_memory_mib"], ".0f"))
+    return table
+
+
+@app.command("bench")
+def bench(
+    runs: Path = typer.Argument(..., help="YAML/JSON list of runs: {name, method, options, nsamples}."),
+    out: Path = typer.Option(..., "--out", help="Folder of records (NAME.json); existing records are skipped."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder [default: the testbed]."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="easy-VQA test questions (default: all)."),
+    ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0, help="Perplexity windows (default: all)."),
+    seqlen: int = typer.Option(2048, "--seqlen", min=2, help="Perplexity window length."),
+    text: Optional[str] = typer.Option(None, "--text", help="Perplexity text file [default: WikiText-2 test]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    keep_models: bool = typer.Option(False, "--keep-models", help="Keep the compressed folders under OUT/models."),
+) -> None:
+    """Compress and evaluate every run of a list; one JSON record per run; resumes where it stopped."""
+    from llava_fa.bench import load_runs, run_bench
+    from llava_fa.commands.compress import resolve_device
+    from llava_fa.commands.testbed import ensure_testbed
+    from llava_fa.errors import LlavaFAError
+
+    err = Console(stderr=True)
+    try:
+        run_list = load_runs(runs)
+        records = run_bench(model or ensure_testbed(), run_list, out, device=resolve_device(device), limit=limit,
+                            ppl_windows=ppl_windows, seqlen=seqlen, text_source=text, on_info=err.print)
+    except LlavaFAError as e:
+        raise UserError(str(e)) from None
+    Console().print(records_table(records))
