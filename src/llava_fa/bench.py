@@ -104,4 +104,7 @@ def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cp
         if not keep_models:
             shutil.rmtree(model_dir, ignore_errors=True)
         records.append(record)
+    models = out / "models"
+    if models.is_dir() and not any(models.iterdir()):
+        models.rmdir()
     return records
