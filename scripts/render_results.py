@@ -109,6 +109,28 @@ FINDINGS = [
 ]
 
 
+def bench_section(folder: Path) -> list[str]:
+    """Records of `llava-fa bench` (a CPU pass on a subset: not comparable with the full-split rows)."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not records:
+        return []
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    base = json.loads((folder.parent / "testbed_cpu_subset.json").read_text())
+    lines = ["", "## Baselines at 3 bits, CPU pass on a subset", "",
+             "`llava-fa bench examples/bench_cpu_small.yaml --out docs/results/bench_cpu_small --limit 64 "
+             "--ppl-windows 2 --device cpu`: first 64 easy-VQA questions, 2 WikiText-2 windows (the uncompressed "
+             f"testbed scores {base['vqa']['fast']['accuracy']:.2%} and PPL {base['perplexity']['ppl']:.2f} on these: "
+             "`llava-fa eval ~/.cache/llava_fa/testbed --limit 64 --ppl-windows 2 --vqa-mode both --json "
+             "docs/results/testbed_cpu_subset.json`), fidelity on 64 prompts; compression on 2 shared CPU cores.",
+             "", "| run | method | bpw | PPL (2 windows) | easy-VQA (64) | KL | top-1 agr. | mean rel. err | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['name']} | `{r['method']} {r['options']}` | {r['bpw']:.3f} | {fmt(r['perplexity'], '.2f')} | "
+                     f"{fmt(r['vqa_accuracy'], '.2%')} | {fmt(r['kl'], '.3f')} | {fmt(r['top1_agreement'], '.2%')} | "
+                     f"{r['mean_rel_error']:.4f} | {r['compress_seconds']:.0f} |")
+    return lines
+
+
 def render() -> str:
     base = json.loads((RESULTS / "base.json").read_text())
     out = ["# Results on the testbed", "",
@@ -142,6 +164,7 @@ def render() -> str:
             "and a model that collapses to one answer can score near that level with a poor perplexity. "
             "Compare methods on all three measures together.", ""]
     out += [compare(a, b, what) for a, b, what in FINDINGS]
+    out += bench_section(ROOT / "docs" / "results" / "bench_cpu_small")
     bench = RESULTS / "bench_layer_h100.txt"
     if bench.exists():
         out += ["", "## Compressing one 4096 x 11008 layer on an H100", "",
