@@ -116,7 +116,7 @@ def bench_section(folder: Path) -> list[str]:
         return []
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     base = json.loads((folder.parent / "testbed_cpu_subset.json").read_text())
-    lines = ["", "## Baselines at 3 bits, CPU pass on a subset", "",
+    lines = ["", "## Methods at about 3 bits, CPU pass on a subset (all rows on the same questions)", "",
              "`llava-fa bench examples/bench_cpu_small.yaml --out docs/results/bench_cpu_small --limit 64 "
              "--ppl-windows 2 --device cpu`: first 64 easy-VQA questions, 2 WikiText-2 windows (the uncompressed "
              f"testbed scores {base['vqa']['fast']['accuracy']:.2%} and PPL {base['perplexity']['ppl']:.2f} on these: "
