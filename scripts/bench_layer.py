@@ -4,7 +4,8 @@
     python scripts/bench_layer.py --device cpu --out 1024 --in 2816
 
 The weight is Gaussian with a few heavy columns (the outlier pattern of LLM weights), the
-calibration statistics come from Gaussian activations with a few large channels. Prints, per
+calibration statistics come from Gaussian activations with a few large channels (a quarter of the
+tokens stand for image tokens, with loud channels of their own). Prints, per
 method configuration: seconds (median of --repeat runs after one warm-up), bits per weight from
 the stored bytes, relative weight error and activation-weighted error.
 """
@@ -28,6 +29,11 @@ CONFIGS = [
     ("fa", {}),  # the paper's joint form with the default rank
     ("fa", {"rank": 32, "iters": 3}),
     ("fa", {"odc": "calibrated"}),
+    ("pb-llm", {}),  # the binarization family at its published defaults
+    ("billm", {}),
+    ("arb-x", {}),
+    ("arb-rc", {}),
+    ("sab", {}),
 ]
 
 
@@ -37,7 +43,13 @@ def synthetic_layer(m: int, n: int, tokens: int, device) -> tuple[torch.Tensor, 
     w[:, torch.randperm(n, generator=g)[: n // 100]] *= 8  # outlier input channels
     x = torch.randn(tokens, n, generator=g)
     x[:, torch.randperm(n, generator=g)[: n // 200]] *= 20
-    stats = LayerStats(n, xtx={"text": x.T @ x}, sq={"text": (x * x).sum(0)}, tokens={"text": tokens, "image": 0})
+    # The first quarter of the tokens plays the image tokens (with their own loud channels), so that
+    # SAB's per-modality significance has two different Hessians to compare.
+    img = tokens // 4
+    x[:img, torch.randperm(n, generator=g)[: n // 200]] *= 10
+    xi, xt = x[:img], x[img:]
+    stats = LayerStats(n, xtx={"text": xt.T @ xt, "image": xi.T @ xi}, sq={"text": (xt * xt).sum(0), "image": (xi * xi).sum(0)},
+                       tokens={"text": tokens - img, "image": img})
     return w.to(device), stats.to(device)
 
 

@@ -2,6 +2,7 @@
 
     python scripts/render_results.py                 # writes docs/RESULTS.md
     python scripts/render_results.py --sweep-args    # the specs for scripts/device/sweep.sh
+    python scripts/render_results.py --sweep-args --missing   # only the runs without a record
 
 Each run NAME has docs/results/testbed_h100/NAME.json (`llava-fa eval --json`, full easy-VQA
 test split, all of WikiText-2, fidelity against the uncompressed testbed) and NAME.report.json
@@ -45,11 +46,47 @@ RUNS = [
     ("ablation", "fa3j_odccal", "-m fa -O bpw=3.3 -O odc=calibrated"),
     ("ablation", "fa3lr", "-m fa -O structure=lowrank -O bpw=3.3"),
     ("ablation", "fa3lr_none", "-m fa -O structure=lowrank -O bpw=3.3 -O transform=none"),
+    ("fa", "fa4q_odccal", "-m fa -O structure=quant -O mag_bits=3 -O phase_bits=5 -O odc=calibrated"),
+    ("fa", "fa25q_odccal", "-m fa -O structure=quant -O mag_bits=2 -O phase_bits=3 -O odc=calibrated"),
+    ("fa", "fa25j_odccal", "-m fa -O bpw=2.5 -O odc=calibrated"),
+    ("fa", "fa2j_odccal", "-m fa -O bpw=2 -O odc=calibrated"),
+    ("binary", "pbllm", "-m pb-llm"),
+    ("binary", "billm", "-m billm"),
+    ("binary", "arb", "-m arb"),
+    ("binary", "arbx", "-m arb-x"),
+    ("binary", "arbrc", "-m arb-rc"),
+    ("binary", "sab", "-m sab"),
+    ("binary", "gptq3", "-m gptq --bits 3 --group-size 64"),
+    ("sab-ablation", "sab", "-m sab"),
+    ("sab-ablation", "arbrc", "-m arb-rc"),
+    ("sab-ablation", "sab_steer", "-m sab -O lambda_steers_selection=true"),
+    ("sab-ablation", "sab_top10", "-m sab -O salient_top_p=0.1"),
+    ("sab-ablation", "sab_q75", "-m sab -O diff_quantile=0.75"),
+    ("sab-ablation", "sab_thr05", "-m sab -O sparsity_thr=0.05"),
+    ("sab-ablation", "sab_it5", "-m sab -O iters=5"),
+    ("baselines", "hqq4", "-m hqq -O bits=4 --nsamples 0"),
+    ("baselines", "hqq3", "-m hqq -O bits=3 --nsamples 0"),
+    ("baselines", "hqq2", "-m hqq -O bits=2 --nsamples 0"),
+    ("baselines", "hadamard4", "-m hadamard -O bits=4"),
+    ("baselines", "hadamard3", "-m hadamard -O bits=3"),
+    ("baselines", "hadamard2", "-m hadamard -O bits=2"),
+    ("baselines", "lqer3", "-m lqer -O bits=3 -O rank=32"),
+    ("baselines", "lqer2", "-m lqer -O bits=2 -O rank=32"),
+    ("baselines", "lqer2r8", "-m lqer -O bits=2 -O rank=8"),
+    ("baselines", "caldera", "-m caldera"),
+    ("baselines", "caldera16", "-m caldera -O rank=16"),
+    ("baselines", "asvd4", "-m asvd -O bpw=4"),
+    ("baselines", "asvd2", "-m asvd -O bpw=2"),
+    ("baselines", "svdllm4", "-m svd-llm -O bpw=4"),
+    ("baselines", "svdllm2", "-m svd-llm -O bpw=2"),
 ]
 
 TITLES = {
     "rtn-gptq": "RTN and GPTQ (group 64, asymmetric) on the language decoder",
     "fa": "LLaVA-FA (`fa`) on the language decoder",
+    "binary": "Binarization family and SAB-LVLM (published defaults; GPTQ 3-bit as a reference)",
+    "sab-ablation": "SAB-LVLM ablations (ARB-RC = SAB with Lambda off, exactly)",
+    "baselines": "Other baselines at 2-4 bpw",
     "ablation": "LLaVA-FA ablations at about 3.2 bpw (rfft2 + PolarQuant 2+4 + data-free ODC + quant-only is the reference row)",
 }
 
@@ -152,7 +189,7 @@ def render() -> str:
     header = ("| run | flags | bpw | WikiText-2 PPL | easy-VQA acc. | KL | top-1 agr. | act. err | s |\n"
               "|---|---|---|---|---|---|---|---|---|")
     out += ["## Uncompressed", "", header, row("base", "")]
-    for table in ("rtn-gptq", "fa", "ablation"):
+    for table in ("rtn-gptq", "fa", "baselines", "binary", "sab-ablation", "ablation"):
         out += ["", f"## {TITLES[table]}", "", header]
         out += [row(name, flags) for t, name, flags in RUNS if t == table]
     per = base["vqa"]["fast"]["per_answer"]
@@ -176,9 +213,11 @@ def render() -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sweep-args", action="store_true", help="print the NAME:FLAGS specs for sweep.sh")
+    p.add_argument("--missing", action="store_true", help="with --sweep-args: only runs without a record")
     args = p.parse_args()
     if args.sweep_args:
-        seen = dict((name, flags) for _, name, flags in RUNS)
+        seen = dict((name, flags) for _, name, flags in RUNS
+                    if not (args.missing and (RESULTS / f"{name}.json").exists()))
         print(" ".join(shlex.quote(f"{n}:{f}") for n, f in seen.items()))
         return
     path = ROOT / "docs" / "RESULTS.md"

@@ -2,18 +2,35 @@
 # Compress the testbed with each "NAME:COMPRESS ARGS" spec and evaluate it on the full easy-VQA
 # test split and all of WikiText-2, against the uncompressed testbed. Results (NAME.json, NAME.report.json,
 # NAME.log) collect in /tmp/res and are tarred into $OUT/results.tar after each run (few files come back).
+# JOBS=N runs N specs at a time on the one GPU (the testbed is small; compression seconds then include
+# the contention, so time single layers with scripts/bench_layer.py instead).
 source scripts/device/setup.sh
 tb=/tmp/testbed
 R=/tmp/res; mkdir -p $R
 [ -f $tb/config.json ] || python3 -c "from llava_fa.testbed.build import build_testbed; build_testbed('$tb')"
-for spec in "$@"; do
-  name=${spec%%:*}; args=${spec#*:}
+
+snapshot() {  # tar to a private name, then rename: a reader never sees half a tar
+  tar cf "/tmp/results.$1.tar" -C $R . && mv -f "/tmp/results.$1.tar" "$OUT/results.tar"
+}
+
+run_spec() {
+  local spec=$1 name=${1%%:*} args=${1#*:}
   if [ "$name" = base ]; then
-    llava eval $tb --device cuda --dtype float32 --vqa-mode both --json "$R/base.json" --batch-size 64 > "$R/base.log" 2>&1
+    llava eval $tb --device cuda --dtype float32 --vqa-mode both --json "$R/base.json" --batch-size 64 > "$R/base.log" 2>&1 || echo "FAILED: base" >> "$R/base.log"
   else
     rm -rf /tmp/c/$name
-    llava compress $tb --out /tmp/c/$name --device cuda --report "$R/$name.report.json" -q $args > "$R/$name.log" 2>&1
-    llava eval /tmp/c/$name --reference $tb --device cuda --dtype float32 --vqa-mode fast --json "$R/$name.json" --batch-size 64 >> "$R/$name.log" 2>&1
+    # shellcheck disable=SC2086
+    llava compress $tb --out /tmp/c/$name --device cuda --report "$R/$name.report.json" -q $args > "$R/$name.log" 2>&1 &&
+    llava eval /tmp/c/$name --reference $tb --device cuda --dtype float32 --vqa-mode fast --json "$R/$name.json" --batch-size 64 >> "$R/$name.log" 2>&1 ||
+    echo "FAILED: $name" >> "$R/$name.log"
+    rm -rf /tmp/c/$name
   fi
-  tail -2 "$R/$name.log"; tar cf "$OUT/results.tar" -C $R .
+  echo "== $name"; tail -2 "$R/$name.log"; snapshot "$name"
+}
+
+for spec in "$@"; do
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n || true; done
+  run_spec "$spec" &
 done
+wait || true
+snapshot final
