@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--in", type=int, default=11008, dest="n")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--only", nargs="*", help="method names to time (default: all configurations)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     w, stats = synthetic_layer(args.m, args.n, args.tokens, args.device)
@@ -72,6 +73,8 @@ def main() -> None:
     for col in ("method", "options", "seconds (median)", "bpw", "rel. error", "act. error"):
         table.add_column(col, justify="right" if col != "options" else "left")
     for name, options in CONFIGS:
+        if args.only and name not in args.only:
+            continue
         method = get_method(name)(build_config(name, options))
         times = []
         for _ in range(args.repeat + 1):

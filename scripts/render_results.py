@@ -64,6 +64,7 @@ RUNS = [
     ("sab-ablation", "sab_q75", "-m sab -O diff_quantile=0.75"),
     ("sab-ablation", "sab_thr05", "-m sab -O sparsity_thr=0.05"),
     ("sab-ablation", "sab_it5", "-m sab -O iters=5"),
+    ("sab-ablation", "sab_floor05", "-m sab -O lambda_floor=0.5"),
     ("baselines", "hqq4", "-m hqq -O bits=4 --nsamples 0"),
     ("baselines", "hqq3", "-m hqq -O bits=3 --nsamples 0"),
     ("baselines", "hqq2", "-m hqq -O bits=2 --nsamples 0"),

@@ -97,8 +97,12 @@ def test_sab_with_unit_lambda_is_arb_rc(one_thread):
     assert torch.equal(sab.dequantize(), rc.dequantize())
     off = get_method("sab")(build_config("sab", {"use_lambda": False})).compress(W, stats)
     assert torch.equal(off.dequantize(), rc.dequantize())
+    floor1 = get_method("sab")(build_config("sab", {"lambda_floor": 1.0})).compress(W, stats)
+    assert torch.equal(floor1.dequantize(), rc.dequantize())  # Lambda <= 1, so a floor of 1 turns it off
     on = get_method("sab")().compress(W, stats)
     assert not torch.equal(on.dequantize(), rc.dequantize())
+    half = get_method("sab")(build_config("sab", {"lambda_floor": 0.5})).compress(W, stats)
+    assert not torch.equal(half.dequantize(), on.dequantize())
     assert on.storage_bits() == rc.storage_bits() or on.n_salient != rc.n_salient
 
 

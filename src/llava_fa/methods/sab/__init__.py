@@ -35,12 +35,18 @@ class SABConfig(BinaryConfig):
     salient_top_p: float = 0.05  # authors' default: a weight is salient for a modality in its top 5%
     diff_quantile: float = 0.5  # authors' default: modality-specific beyond this quantile of |diff|
     sparsity_thr: float = 0.005  # authors' default; ours: a modality's share below it counts as zero in v_ij
+    # Ours (0 = the authors' form): Lambda is clamped below at this value before the fits. Lambda
+    # falls to about r (a few %) on weights used by one modality, so the weighted scale fits can
+    # all but ignore them; on the testbed that doubled one layer's error (see docs/RESULTS.md).
+    lambda_floor: float = 0.0
 
     def check(self) -> None:
         super().check()
         for k in ("salient_top_p", "diff_quantile"):
             if not 0 < getattr(self, k) < 1:
                 raise ConfigError(f"sab: {k} must be in (0, 1), got {getattr(self, k)}")
+        if not 0 <= self.lambda_floor <= 1:
+            raise ConfigError(f"sab: lambda_floor must be in [0, 1], got {self.lambda_floor}")
         if not 0 <= self.sparsity_thr < 0.5:
             raise ConfigError(f"sab: sparsity_thr must be in [0, 0.5), got {self.sparsity_thr}")
 
@@ -101,7 +107,7 @@ def significance_map(W: torch.Tensor, H_t: torch.Tensor, H_v: torch.Tensor, cfg:
 
 def sab_binarize(weight: torch.Tensor, H: torch.Tensor | None, lam: torch.Tensor | None, cfg: SABConfig):
     """ARB-RC with the Lambda^2-weighted closed forms (lam None: plain ARB-RC). Returns parts list, Q."""
-    w = None if lam is None else lam.float() ** 2
+    w = None if lam is None else lam.float().clamp_min(cfg.lambda_floor) ** 2
 
     def fit(W1, U1, H1, cols):
         wb = None if w is None else w[:, cols]
