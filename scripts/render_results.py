@@ -144,7 +144,23 @@ FINDINGS = [
     ("fa3q_odccal", "fa3q", "calibrated ODC vs data-free ODC"),
     ("fa3j", "fa3lr", "joint vs low-rank only at equal bits"),
     ("fa3j", "fa3q", "joint vs quantization only at about equal bits"),
+    ("fa4q_odccal", "gptq4", "LLaVA-FA quant-only with calibrated ODC vs GPTQ at about 4 bits"),
+    ("hadamard4", "fa4q_odccal", "Rotation baseline (block Hadamard + GPTQ) vs best LLaVA-FA at about 4 bits"),
+    ("hadamard3", "fa3j_odccal", "Rotation baseline vs best LLaVA-FA at about 3.3 bits"),
+    ("hadamard3", "gptq3", "Rotation + GPTQ vs GPTQ at 3 bits"),
+    ("hqq3", "rtn3", "HQQ vs RTN at 3 bits (both calibration-free)"),
+    ("hqq4", "rtn4", "HQQ vs RTN at 4 bits (both calibration-free)"),
+    ("fa25q_odccal", "lqer2r8", "LLaVA-FA vs LQER at about 2.5 bits"),
+    ("fa25q_odccal", "caldera16", "LLaVA-FA vs CALDERA at about 2.5 bits"),
+    ("sab", "arbrc", "SAB-LVLM vs ARB-RC (its Lambda-off form)"),
+    ("arbrc", "billm", "ARB-RC vs BiLLM"),
+    ("sab_q75", "arbrc", "SAB with diff_quantile 0.75 vs ARB-RC"),
 ]
+
+# Budgets of the sweep: (label, low, high) on the decoder's all-stored bpw. The binarization family
+# forms its own row: its published budget (about 1.1 bits) counts sign codes only.
+BUDGETS = [("about 2", 1.9, 2.35), ("about 2.5", 2.35, 2.75), ("about 3", 2.75, 3.35), ("about 4", 3.9, 4.35)]
+BINARY_METHODS = {"pb-llm", "billm", "arb", "arb-x", "arb-rc", "sab"}
 
 
 def bench_section(folder: Path) -> list[str]:
@@ -166,6 +182,110 @@ def bench_section(folder: Path) -> list[str]:
         lines.append(f"| {r['name']} | `{r['method']} {r['options']}` | {r['bpw']:.3f} | {fmt(r['perplexity'], '.2f')} | "
                      f"{fmt(r['vqa_accuracy'], '.2%')} | {fmt(r['kl'], '.3f')} | {fmt(r['top1_agreement'], '.2%')} | "
                      f"{r['mean_rel_error']:.4f} | {r['compress_seconds']:.0f} |")
+    return lines
+
+
+def method_of(name: str) -> str:
+    rep = RESULTS / f"{name}.report.json"
+    return json.loads(rep.read_text())["method"] if rep.exists() else name
+
+
+def budget_section() -> list[str]:
+    """Every run of the sweep sorted into bit budgets, best perplexity first."""
+    runs = {name: flags for _, name, flags in RUNS if name != "base" and (RESULTS / f"{name}.json").exists()}
+    lines = ["", "## The sweep by bit budget (every run above, sorted by perplexity)", "",
+             "bpw counts every stored bit. Scalar quantizers (RTN, GPTQ, HQQ, rotation) with group 64 reach "
+             "2.28 / 3.30 / 4.31 bpw and nothing in between; the binarization family stores about 1.1 bits of sign "
+             "codes per weight but 2.8-3.2 bpw with every scale, mean and mask counted (see its section), so it is "
+             "listed apart.", ""]
+    header = ["| run | method | bpw | PPL | easy-VQA | KL |", "|---|---|---|---|---|---|"]
+    groups = [(label, [n for n in runs if method_of(n) not in BINARY_METHODS
+                       and lo <= load(n)["size"]["decoder_linear"]["bpw"] < hi]) for label, lo, hi in BUDGETS]
+    groups.append(("binarization family (about 1.1 bits of sign codes)",
+                   [n for n in runs if method_of(n) in BINARY_METHODS]))
+    for label, names in groups:
+        recs = sorted(((n, load(n)) for n in names), key=lambda t: t[1]["perplexity"]["ppl"])
+        lines += [f"**{label} bpw** ({len(recs)} runs; methods: "
+                  f"{', '.join(sorted({method_of(n) for n in names}))})", ""] + header
+        for n, r in recs:
+            fid = r.get("fidelity") or {}
+            lines.append(f"| {n} | {method_of(n)} | {r['size']['decoder_linear']['bpw']:.3f} | "
+                         f"{r['perplexity']['ppl']:.2f} | {r['vqa']['fast']['accuracy']:.2%} | {fid.get('kl', 0):.3f} |")
+        lines.append("")
+    return lines
+
+
+def figures_section() -> list[str]:
+    """Figures drawn by scripts/plots.py from the sweep records and docs/results/layer_studies.json."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from plots import render_plots
+
+    drawn = render_plots(ROOT)
+    if not drawn:
+        return []
+    lines = ["", "## Figures", "",
+             "Drawn by `python scripts/render_results.py` (through `scripts/plots.py`). The layer figures read "
+             "`docs/results/layer_studies.json`, made on CPU by `python scripts/layer_studies.py` (testbed layers.10 "
+             "q_proj, up_proj, down_proj; 16 calibration samples; about 2.5 minutes on 2 cores).", ""]
+    studies = ROOT / "docs" / "results" / "layer_studies.json"
+    for title, png in drawn:
+        lines += [f"### {title}", "", f"![{title}]({png.relative_to(ROOT / 'docs').as_posix()})", ""]
+    if studies.exists():
+        lines += layer_study_notes(json.loads(studies.read_text()))
+    return lines
+
+
+def rank_for_energy(sv: list[float], share: float = 0.9) -> int:
+    total, acc = sum(v * v for v in sv), 0.0
+    for i, v in enumerate(sv, 1):
+        acc += v * v
+        if acc >= share * total:
+            return i
+    return len(sv)
+
+
+def layer_study_notes(st: dict) -> list[str]:
+    """Generated sentences on the layer studies (numbers read from the JSON)."""
+    out = ["Read from `docs/results/layer_studies.json`:", ""]
+    for name, sp in st["spectra"].items():
+        out.append(f"- `{name}`: the full unitary fft2 keeps W's singular values (max difference "
+                   f"{sp['max_abs_diff_fft2_spatial']:.1e}); rank holding 90% of the energy: spatial "
+                   f"{rank_for_energy(sp['spatial'])} of {len(sp['spatial'])}, rfft2 half spectrum "
+                   f"{rank_for_energy(sp['rfft2'])} of {len(sp['rfft2'])}.")
+    for name, tr in st["truncation"].items():
+        sp, hf = tr["spatial"], tr["rfft2"]
+        same = [(r, e) for r, e in zip(hf["ranks"], hf["rel_error"]) if r == 64]
+        sp64 = dict(zip(sp["ranks"], sp["rel_error"])).get(64)
+        if same and sp64 is not None:
+            budget = dict(zip(hf["ranks"], hf["stored_reals"]))[64]
+            sp_eq = min((e for r, e, n in zip(sp["ranks"], sp["rel_error"], sp["stored_reals"]) if n <= budget))
+            out.append(f"- `{name}` truncation: rank 64 leaves {same[0][1]:.3f} (half spectrum) vs {sp64:.3f} (spatial); "
+                       f"at the half spectrum's rank-64 storage ({budget:,} reals) the spatial truncation leaves {sp_eq:.3f}.")
+    for name, runs in st["convergence"].items():
+        for r in runs:
+            h = r["rel_history"]
+            if len(h) > 1:
+                out.append(f"- `{name}` alternation, rank {r['rank']} ({r['bpw']:.2f} bpw): weighted error "
+                           f"{h[0]:.4f} -> {h[-1]:.4f} over {len(h)} iterations, best iterate {r['best'] + 1}.")
+    return out + [""]
+
+
+def baseline_properties_section() -> list[str]:
+    path = ROOT / "docs" / "results" / "baseline_properties.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    lines = ["", "## Each baseline's paper property on real weights", "",
+             f"`{d['command']}` (CPU, {d['seconds']:.0f} s): testbed decoder layers "
+             f"{', '.join(d['layers'])}; calibration {d['calibration']}. `act` = ||(W - W')X^T|| / ||W X^T||, "
+             "`weight` = ||W - W'|| / ||W||; change = method error / baseline error - 1 (min .. max over layers).", "",
+             "| property | metric | holds | change (min .. max) |", "|---|---|---|---|"]
+    for key, summ in d["summary"].items():
+        rows = [r for r in d["rows"] if r["property"] == key]
+        ch = [r["method_error"] / r["baseline_error"] - 1 for r in rows]
+        lines.append(f"| {summ['claim']} | {rows[0]['metric']} | {summ['holds']}/{summ['layers']} | "
+                     f"{min(ch):+.1%} .. {max(ch):+.1%} |")
     return lines
 
 
@@ -202,12 +322,20 @@ def render() -> str:
             "and a model that collapses to one answer can score near that level with a poor perplexity. "
             "Compare methods on all three measures together.", ""]
     out += [compare(a, b, what) for a, b, what in FINDINGS]
+    out += budget_section()
+    out += figures_section()
+    out += baseline_properties_section()
     out += bench_section(ROOT / "docs" / "results" / "bench_cpu_small")
     bench = RESULTS / "bench_layer_h100.txt"
     if bench.exists():
         out += ["", "## Compressing one 4096 x 11008 layer on an H100", "",
                 "`python scripts/bench_layer.py --device cuda --repeat 2` (synthetic Gaussian weight with 1% outlier "
                 "columns, 4,096 calibration tokens):", "", "```", bench.read_text().rstrip(), "```"]
+    bench = RESULTS / "bench_layer_binary_h100.txt"
+    if bench.exists():
+        out += ["", "The binarization family on the same layer (a quarter of the tokens play image tokens for SAB), "
+                "`python scripts/bench_layer.py --device cuda --repeat 1 --only gptq pb-llm billm arb-x arb-rc sab`:",
+                "", "```", bench.read_text().rstrip(), "```"]
     return "\n".join(out) + "\n"
 
 

@@ -79,12 +79,12 @@ def caldera(W: torch.Tensor, H: torch.Tensor, c: CALDERAConfig):
             acodes = quantize_grouped(A.T, AffineSpec(c.lr_bits, ga))
             Lq = dequantize_grouped(*acodes).T.double()
             G = Lq.T @ Lq
-            G += torch.eye(r, dtype=G.dtype) * (1e-6 * torch.diagonal(G).mean().clamp_min(1e-12))
+            G += torch.eye(r, dtype=G.dtype, device=G.device) * (1e-6 * torch.diagonal(G).mean().clamp_min(1e-12))
             R = torch.linalg.solve(G, Lq.T @ E.double()).float()
             rcodes = gptq_quantize(R, H, bits=c.lr_bits, group_size=gb, damp=c.damp)
             Rq = dequantize_grouped(*rcodes).double()
             M = Rq @ Hd @ Rq.T
-            M += torch.eye(r, dtype=M.dtype) * (1e-6 * torch.diagonal(M).mean().clamp_min(1e-12))
+            M += torch.eye(r, dtype=M.dtype, device=M.device) * (1e-6 * torch.diagonal(M).mean().clamp_min(1e-12))
             A = torch.linalg.solve(M, Rq @ Hd @ E.double().T).T.float()  # A = E H Rq^T (Rq H Rq^T)^-1
         acodes = quantize_grouped(A.T, AffineSpec(c.lr_bits, ga))
         LR = (dequantize_grouped(*acodes).T.double() @ Rq).float()
