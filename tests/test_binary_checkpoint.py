@@ -92,6 +92,7 @@ def test_storage_bits_and_bpw_agree_with_config_disk_and_report(saved):
         on_disk = 8 * sum(v["data_offsets"][1] - v["data_offsets"][0] for v in stored.values())
         assert skeleton.storage_bits() == mod.storage_bits() == on_disk == rows[n]["storage_bits"]
         assert sum(mod.bits_breakdown().values()) == on_disk
+        assert rows[n]["bits"] == mod.bits_breakdown()  # the report itemizes the stored bits
         weights = mod.in_features * mod.out_features
         assert rows[n]["bpw"] == pytest.approx(on_disk / weights)
         conv = mod.bpw_conventions()
@@ -110,6 +111,7 @@ def test_storage_bits_and_bpw_agree_with_config_disk_and_report(saved):
         total_weights += weights
     s = report["summary"]
     assert s["storage_bits"] == total_bits and s["weights"] == total_weights
+    assert sum(s["bits_by_part"].values()) == total_bits
     assert s["bpw"] == pytest.approx(total_bits / total_weights)
 
 

@@ -50,6 +50,9 @@ class LayerReport:
     rel_error: float  # ||W - W_hat||_F / ||W||_F
     act_error: float | None  # ||(W - W_hat) X^T||_F / ||W X^T||_F on the calibration inputs
     seconds: float
+    # Stored bits per part (codes, scales, masks...) where the format itemizes them, so bpw can be
+    # reported under the conventions of other papers too (e.g. sign codes only for binarization).
+    bits: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,8 +174,9 @@ def _report_row(name: str, block: str, method: str, dense: nn.Linear, q: Compres
         num = ((D @ H) * D).sum().clamp_min(0)
         den = ((W @ H) * W).sum().clamp_min(1e-30)
         act = math.sqrt((num / den).item())
+    bits = q.bits_breakdown() if hasattr(q, "bits_breakdown") else None
     return LayerReport(name, block, q.out_features, q.in_features, method, q.format, q.storage_bits(),
-                       q.bits_per_weight(), rel, act, seconds)
+                       q.bits_per_weight(), rel, act, seconds, bits)
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -406,7 +410,16 @@ def summarize(rows: list[LayerReport]) -> dict[str, Any]:
     return {"layers": len(rows), "weights": weights, "storage_bits": bits, "bpw": bits / weights if weights else 0.0,
             "mean_rel_error": sum(r.rel_error for r in rows) / max(len(rows), 1),
             "mean_act_error": sum(acts) / len(acts) if acts else None,
-            "seconds": sum(r.seconds for r in rows)}
+            "seconds": sum(r.seconds for r in rows), "bits_by_part": bits_by_part(rows)}
+
+
+def bits_by_part(rows: list[LayerReport]) -> dict[str, int] | None:
+    """Stored bits summed per part name over the layers that itemize them (None if none does)."""
+    total: dict[str, int] = {}
+    for r in rows:
+        for k, v in (r.bits or {}).items():
+            total[k] = total.get(k, 0) + v
+    return total or None
 
 
 def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: str = "cpu", dtype: str = "auto",
