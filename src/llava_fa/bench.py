@@ -4,6 +4,7 @@ A run list is a YAML or JSON list such as
 
     - {name: rtn3, method: rtn, options: {bits: 3, group_size: 64}, nsamples: 0}
     - {name: fa3, method: fa, options: {structure: quant, odc: calibrated}}
+    - {name: gptq3-builtin, method: gptq, options: {bits: 3}, nsamples: 8, calib: builtin}
 
 Records land in OUT/NAME.json (written atomically); a run whose record exists is skipped, so an
 interrupted sweep resumes where it stopped (and compress itself resumes inside a run).
@@ -31,6 +32,7 @@ class BenchRun:
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     nsamples: int | None = None  # None: the recipe's default calibration size
+    calib: str | None = None  # None: the recipe's default source (auto, wikitext, builtin, easyvqa, mixed, a path)
 
 
 def load_runs(path: Path) -> list[BenchRun]:
@@ -44,10 +46,11 @@ def load_runs(path: Path) -> list[BenchRun]:
     for i, item in enumerate(data):
         if not isinstance(item, dict) or not {"name", "method"} <= set(item):
             raise ConfigError(f"{path}: run {i} needs at least 'name' and 'method'")
-        unknown = set(item) - {"name", "method", "options", "nsamples"}
+        unknown = set(item) - {"name", "method", "options", "nsamples", "calib"}
         if unknown:
             raise ConfigError(f"{path}: run {item['name']!r} has unknown key(s) {', '.join(sorted(unknown))}")
-        runs.append(BenchRun(str(item["name"]), str(item["method"]), dict(item.get("options") or {}), item.get("nsamples")))
+        runs.append(BenchRun(str(item["name"]), str(item["method"]), dict(item.get("options") or {}), item.get("nsamples"),
+                             item.get("calib")))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique")
@@ -82,6 +85,8 @@ def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cp
         recipe = Recipe(method=run.method, options=dict(run.options))
         if run.nsamples is not None:
             recipe.calibration.nsamples = run.nsamples
+        if run.calib is not None:
+            recipe.calibration.source = run.calib
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         model_dir = out / "models" / run.name
