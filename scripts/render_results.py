@@ -204,6 +204,33 @@ def codes_only_note() -> str:
             "conventions (all stored / without masks / codes only) per method on a testbed layer.")
 
 
+def cpu_binary_section() -> list[str]:
+    """Compression of the whole testbed on 2 CPU cores with the binarization family (compress reports
+    in docs/results/testbed_cpu/), with bpw counted every way."""
+    from llava_fa.layers.binary import CODE_BUFFERS, MASK_BUFFERS
+
+    folder = ROOT / "docs" / "results" / "testbed_cpu"
+    reports = sorted(folder.glob("*.report.json"))
+    if not reports:
+        return []
+    lines = ["", "## Binarization on CPU: compression time and bits counted three ways", "",
+             "`llava-fa compress ~/.cache/llava_fa/testbed -m METHOD --out OUT --report "
+             "docs/results/testbed_cpu/NAME.report.json` on this project's 2-core CPU machine (default calibration: "
+             "32 samples). bpw: every stored bit / without masks and bitmaps / sign codes only (the papers' "
+             "convention).", "",
+             "| method | s (2 CPU cores) | bpw stored | bpw without masks | bpw codes only | mean act. err |",
+             "|---|---|---|---|---|---|"]
+    for path in reports:
+        r = json.loads(path.read_text())
+        summ, parts = r["summary"], r["summary"].get("bits_by_part") or {}
+        n = summ["weights"]
+        masks = sum(v for k, v in parts.items() if k in MASK_BUFFERS)
+        codes = sum(v for k, v in parts.items() if k in CODE_BUFFERS)
+        lines.append(f"| {r['method']} | {r['wall_seconds']:.0f} | {summ['bpw']:.3f} | {(summ['storage_bits'] - masks) / n:.3f} | "
+                     f"{codes / n:.3f} | {summ['mean_act_error']:.4f} |")
+    return lines
+
+
 def method_of(name: str) -> str:
     rep = RESULTS / f"{name}.report.json"
     return json.loads(rep.read_text())["method"] if rep.exists() else name
@@ -427,6 +454,7 @@ def render() -> str:
     out += budget_section()
     out += figures_section()
     out += baseline_properties_section()
+    out += cpu_binary_section()
     out += bench_section(ROOT / "docs" / "results" / "bench_cpu_small")
     bench = RESULTS / "bench_layer_h100.txt"
     if bench.exists():
