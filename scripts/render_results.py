@@ -324,7 +324,7 @@ def baseline_properties_section() -> list[str]:
     d = json.loads(path.read_text())
     lines = ["", "## Each baseline's paper property on real weights", "",
              f"`{d['command']}` (CPU, {d['seconds']:.0f} s): testbed decoder layers "
-             f"{', '.join(d['layers'])}; calibration {d['calibration']}. `act` = ||(W - W')X^T|| / ||W X^T||, "
+             f"{', '.join(n.split('language_model.')[-1] for n in d['layers'])}; calibration {d['calibration']}. `act` = ||(W - W')X^T|| / ||W X^T||, "
              "`weight` = ||W - W'|| / ||W||; change = method error / baseline error - 1 (min .. max over layers).", "",
              "| property | metric | holds | change (min .. max) |", "|---|---|---|---|"]
     for key, summ in d["summary"].items():
@@ -343,6 +343,16 @@ def m(name: str) -> str:
     kl = (r.get("fidelity") or {}).get("kl", 0.0)
     return (f"`{name}` ({r['size']['decoder_linear']['bpw']:.2f} bpw: PPL {r['perplexity']['ppl']:,.2f}, "
             f"easy-VQA {r['vqa']['fast']['accuracy']:.2%}, KL {kl:.3f})")
+
+
+def small(name: str) -> str:
+    """One record of the CPU subset bench in words."""
+    path = ROOT / "docs" / "results" / "bench_cpu_small" / f"{name}.json"
+    if not path.exists():
+        return f"`{name}` (not run)"
+    r = json.loads(path.read_text())
+    return (f"`{name}` ({r['bpw']:.2f} bpw: PPL {r['perplexity']:.2f}, easy-VQA {r['vqa_accuracy']:.2%} of 64, "
+            f"KL {r['kl']:.3f})")
 
 
 def act(name: str) -> str:
@@ -380,7 +390,10 @@ def analysis_section() -> list[str]:
             "difference. The difference is error feedback: the rotation baseline quantizes with GPTQ, which uses "
             "the full Hessian X^T X and pushes each column's rounding error onto the columns not yet quantized; "
             "LLaVA-FA's PolarQuant rounds every spectral coefficient independently and ODC sees only the diagonal "
-            "of the Hessian. A GPTQ-style feedback in the spectral domain is the obvious next step. At about 2 bits "
+            "of the Hessian. The CPU subset (same questions and windows for all rows, section below) isolates it: "
+            "the rotation with round-to-nearest instead of GPTQ, " + small("hadamard3-rtn") + ", is worse than plain "
+            + small("rtn3") + ", while with GPTQ it is the best ~3-bit row, " + small("hadamard3") + ". "
+            "A GPTQ-style feedback in the spectral domain is the obvious next step. At about 2 bits "
             "every method collapses (" + m("fa2j_odccal") + ", " + m("hadamard2") + ", " + m("gptq2") + ").", "",
             "**The low-rank part of LLaVA-FA does not pay on this model.** The half spectrum is more compact than the "
             "spatial matrix at equal rank (see the figures), but a complex rank costs about twice the reals, and these "
