@@ -379,7 +379,9 @@ def analysis_section() -> list[str]:
     return ["", "## Analysis: where LLaVA-FA and SAB-LVLM win, where they do not, and why", "",
             "**LLaVA-FA wins** (1) at about 4 bits: " + m("fa4q_odccal") + " beats " + m("gptq4") + " and "
             + m("hqq4") + " with fewer bits; (2) at about 2.5 bits, where nothing else on the testbed stays usable: "
-            + m("fa25q_odccal") + " vs " + m("lqer2r8") + " and " + m("caldera16") + "; (3) on perplexity at about "
+            + m("fa25q_odccal") + " vs " + m("lqer2r8") + " and " + m("caldera16") + " (LLaVA-FA spends 0.2 bpw "
+            "more there; at their bits its joint form, " + m("fa25j_odccal") + ", is broken too: lower perplexity and KL than both, lower easy-VQA); "
+            "(3) on perplexity at about "
             "3.3 bits: " + m("fa3j_odccal") + " is the lowest of all ~3-bit runs; (4) in its own ablations, the "
             "Fourier domain is what makes it work: " + m("fa3q") + " vs the same quantizer in the spatial domain "
             + m("fa3q_none") + ". Calibrated ODC (a diagonal Hessian weight) is worth more than any other option "
