@@ -215,7 +215,7 @@ def cpu_binary_section() -> list[str]:
         return []
     lines = ["", "## Binarization on CPU: compression time and bits counted three ways", "",
              "`llava-fa compress ~/.cache/llava_fa/testbed -m METHOD --out OUT --report "
-             "docs/results/testbed_cpu/NAME.report.json` on this project's 2-core CPU machine (default calibration: "
+             "docs/results/testbed_cpu/NAME.report.json` on this project's 2-core CPU machine, one run at a time (default calibration: "
              "32 samples). bpw: every stored bit / without masks and bitmaps / sign codes only (the papers' "
              "convention).", "",
              "| method | s (2 CPU cores) | bpw stored | bpw without masks | bpw codes only | mean act. err |",
