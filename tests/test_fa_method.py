@@ -147,3 +147,13 @@ def test_levels_only_reach_polar_spectra():
     assert plan_layer(build_config("fa", {}), 48, 40)["levels"] == "lloyd"
     for opts in ({"transform": "none"}, {"quantizer": "cartesian"}):
         assert plan_layer(build_config("fa", opts), 48, 40)["levels"] == "uniform"
+
+
+def test_yaml_off_reads_as_the_off_option():
+    """YAML 1.1 turns a bare `off` into False; a Literal option that has "off" takes it back."""
+    import yaml
+
+    opts = yaml.safe_load("{odc: off, structure: quant}")
+    assert opts["odc"] is False and build_config("fa", opts).odc == "off"
+    with pytest.raises(ConfigError, match="must be one of"):
+        build_config("fa", {"structure": False})  # no "off" among its choices: still an error

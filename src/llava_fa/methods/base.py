@@ -170,6 +170,8 @@ def _convert(value: Any, hint: Any, what: str) -> Any:
         return _convert(value, args[0], what)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
+        if isinstance(value, bool) and ("off" if not value else "on") in allowed:
+            value = "off" if not value else "on"  # YAML 1.1 reads a bare `off` / `on` as a boolean
         if value not in allowed:
             raise ConfigError(f"{what} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
