@@ -3,6 +3,7 @@
     python scripts/render_results.py                 # writes docs/RESULTS.md
     python scripts/render_results.py --sweep-args    # the specs for scripts/device/sweep.sh
     python scripts/render_results.py --sweep-args --missing   # only the runs without a record
+    python scripts/render_results.py --bench-yaml    # the same runs for `llava-fa bench` (examples/bench_testbed.yaml)
 
 Each run NAME has docs/results/testbed_h100/NAME.json (`llava-fa eval --json`, full easy-VQA
 test split, all of WikiText-2, fidelity against the uncompressed testbed) and NAME.report.json
@@ -80,6 +81,19 @@ RUNS = [
     ("baselines", "asvd2", "-m asvd -O bpw=2"),
     ("baselines", "svdllm4", "-m svd-llm -O bpw=4"),
     ("baselines", "svdllm2", "-m svd-llm -O bpw=2"),
+    # The cells of the budget grid still to run (next GPU session: sweep.sh with --sweep-args --missing).
+    ("fa", "fa1j_odccal", "-m fa -O bpw=1.2 -O odc=calibrated"),
+    ("baselines", "rtn1", "-m rtn -O bits=1 -O group_size=128 --nsamples 0"),
+    ("baselines", "gptq1", "-m gptq -O bits=1 -O group_size=128"),
+    ("baselines", "hqq1", "-m hqq -O bits=1 -O group_size=128 --nsamples 0"),
+    ("baselines", "hadamard1", "-m hadamard -O bits=1 -O group_size=128"),
+    ("baselines", "lqer2r2", "-m lqer -O bits=2 -O rank=2"),
+    ("baselines", "caldera4", "-m caldera -O rank=4"),
+    ("baselines", "caldera_q3", "-m caldera -O q_bits=3"),
+    ("baselines", "asvd3", "-m asvd -O bpw=3"),
+    ("baselines", "asvd25", "-m asvd -O bpw=2.5"),
+    ("baselines", "svdllm3", "-m svd-llm -O bpw=3"),
+    ("baselines", "svdllm25", "-m svd-llm -O bpw=2.5"),
 ]
 
 TITLES = {
@@ -87,7 +101,7 @@ TITLES = {
     "fa": "LLaVA-FA (`fa`) on the language decoder",
     "binary": "Binarization family and SAB-LVLM (published defaults; GPTQ 3-bit as a reference)",
     "sab-ablation": "SAB-LVLM ablations (ARB-RC = SAB with Lambda off, exactly)",
-    "baselines": "Other baselines at 2-4 bpw",
+    "baselines": "Other baselines at 1.1-4 bpw",
     "ablation": "LLaVA-FA ablations at about 3.2 bpw (rfft2 + PolarQuant 2+4 + data-free ODC + quant-only is the reference row)",
 }
 
@@ -159,7 +173,7 @@ FINDINGS = [
 
 # Budgets of the sweep: (label, low, high) on the decoder's all-stored bpw. The binarization family
 # forms its own row: its published budget (about 1.1 bits) counts sign codes only.
-BUDGETS = [("about 2", 1.9, 2.35), ("about 2.5", 2.35, 2.75), ("about 3", 2.75, 3.35), ("about 4", 3.9, 4.35)]
+BUDGETS = [("about 1.1", 1.0, 1.3), ("about 2", 1.9, 2.35), ("about 2.5", 2.35, 2.75), ("about 3", 2.75, 3.35), ("about 4", 3.9, 4.35)]
 BINARY_METHODS = {"pb-llm", "billm", "arb", "arb-x", "arb-rc", "sab"}
 
 
@@ -484,11 +498,42 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+def bench_yaml() -> str:
+    """RUNS as a `llava-fa bench` run list (examples/bench_testbed.yaml is this output)."""
+    lines = ["# The testbed sweep of docs/RESULTS.md as a bench run list, made by `python scripts/render_results.py",
+             "# --bench-yaml` (the GPU rows there came from scripts/device/sweep.sh with the same flags). Run it with",
+             "# llava-fa bench examples/bench_testbed.yaml --out runs/bench --device cuda (--limit / --ppl-windows for a",
+             "# quick CPU pass). One JSON record per run; a rerun skips finished runs."]
+    flag_keys = {"--bits": "bits", "--group-size": "group_size"}
+    seen = set()
+    for _, name, flags in RUNS:
+        if name == "base" or name in seen:
+            continue
+        seen.add(name)
+        words, opts, extra = shlex.split(flags), {}, ""
+        method = words[words.index("-m") + 1]
+        for flag, value in zip(words, words[1:]):
+            if flag == "-O":
+                key, val = value.split("=", 1)
+                opts[key] = val
+            elif flag in flag_keys:
+                opts[flag_keys[flag]] = value
+            elif flag == "--nsamples":
+                extra = f", nsamples: {value}"
+        options = f", options: {{{', '.join(f'{k}: {v}' for k, v in opts.items())}}}" if opts else ""
+        lines.append(f"- {{name: {name}, method: {method}{options}{extra}}}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sweep-args", action="store_true", help="print the NAME:FLAGS specs for sweep.sh")
     p.add_argument("--missing", action="store_true", help="with --sweep-args: only runs without a record")
+    p.add_argument("--bench-yaml", action="store_true", help="print the runs as a `llava-fa bench` run list")
     args = p.parse_args()
+    if args.bench_yaml:
+        print(bench_yaml(), end="")
+        return
     if args.sweep_args:
         seen = dict((name, flags) for _, name, flags in RUNS
                     if not (args.missing and (RESULTS / f"{name}.json").exists()))
