@@ -390,7 +390,7 @@ def worst_layer(a: str, b: str) -> str:
 
 def analysis_section() -> list[str]:
     """The written analysis. Every figure in it is read from the records; the reasoning is ours."""
-    return ["", "## Analysis: where LLaVA-FA and SAB-LVLM win, where they do not, and why", "",
+    out = ["", "## Analysis: where LLaVA-FA and SAB-LVLM win, where they do not, and why", "",
             "**LLaVA-FA wins** (1) at about 4 bits: " + m("fa4q_odccal") + " beats " + m("gptq4") + " and "
             + m("hqq4") + " with fewer bits; (2) at about 2.5 bits, where nothing else on the testbed stays usable: "
             + m("fa25q_odccal") + " vs " + m("lqer2r8") + " and " + m("caldera16") + " (LLaVA-FA spends 0.2 bpw "
@@ -427,13 +427,19 @@ def analysis_section() -> list[str]:
             f"SAB {act('sab')} (mean over the 210 layers; ARB-X {act('arbx')} is best). End to end it does not: "
             + m("billm") + ", " + m("arbrc") + ", " + m("sab") + ". We traced SAB's loss to one layer, "
             + worst_layer("sab", "arbrc") + " (per-layer rows of the compress reports). "
-            "Lambda = r rho + (1 - r)(1 - rho) falls to r, the share of significance in the one-modality masks, "
-            "on weights that serve one modality (rho = 1), so the weighted scale fits nearly ignore them and the "
-            "GPTQ feedback carries the larger block errors forward. That is not the whole story: clamping Lambda at "
-            "0.5 does not remove the blow-up (" + worst_layer("sab_floor05", "arbrc") + "), while a stricter "
-            "modality split (diff_quantile 0.75, which changes r and the masks) does ("
-            + worst_layer("sab_q75", "arbrc") + ") and gives SAB's best run: "
-            + m("sab_q75") + ". The spread between the SAB "
+            "Lambda = r rho + (1 - r)(1 - rho) runs from 1 - r (weights both modalities use, rho = 0) to r (weights "
+            "one modality uses, rho = 1). On single layers with the uncompressed model's statistics "
+            "(`python scripts/sab_layer_probe.py > docs/results/sab_layer_probe.txt`, printed below) the same layer "
+            "breaks, and r is close to 1 there (one-modality weights, mostly image-specific, hold nearly all of the "
+            "significance), so Lambda down-weights the shared weights. That alone is not the cause: clamping Lambda at "
+            "0.5 does not remove the blow-up in the pipeline (" + worst_layer("sab_floor05", "arbrc") + ") nor in "
+            "the probe. In the probe, letting Lambda also steer the salient-column and group selection removes it "
+            "(the scales are then fitted with the weighting the groups were chosen by); in the pipeline (statistics "
+            "from the partly compressed model) that did not help (" + worst_layer("sab_steer", "arbrc") + "), while a stricter modality split (diff_quantile "
+            "0.75) did (" + worst_layer("sab_q75", "arbrc") + ") and gives SAB's best run: " + m("sab_q75") + ". "
+            "Our reading, consistent with both but not proven: the blow-up comes from scale fits whose weighting "
+            "disagrees with the selection, amplified by the GPTQ feedback, and which layer breaks is fragile. "
+            "The spread between the SAB "
             "settings (PPL from hundreds to thousands at nearly equal mean layer error) says the end-to-end order "
             "at about 1 bit on a 135M model is dominated by which single layers break, so we do not read the "
             "published order as refuted; it is not reproduced here. The papers evaluate 3B-8B models with 128 "
@@ -441,6 +447,11 @@ def analysis_section() -> list[str]:
             "**Caveats.** One small model (SmolLM2-135M, whose weights were a 4-bit GGUF file), one seed, a projector "
             "trained alone (easy-VQA answers sit near their decision boundary, so accuracy moves faster than "
             "perplexity), runs of the second sweep shared one GPU four at a time (their `s` column includes that)."]
+    probe = ROOT / "docs" / "results" / "sab_layer_probe.txt"
+    if probe.exists():
+        kept = [ln for ln in probe.read_text().splitlines() if not ln.strip().startswith("calibration sample")]
+        out[-2:-2] = ["", "SAB on single layers (`scripts/sab_layer_probe.py`):", "", "```", *kept, "```"]
+    return out
 
 
 def render() -> str:

@@ -36,8 +36,8 @@ class SABConfig(BinaryConfig):
     diff_quantile: float = 0.5  # authors' default: modality-specific beyond this quantile of |diff|
     sparsity_thr: float = 0.005  # authors' default; ours: a modality's share below it counts as zero in v_ij
     # Ours (0 = the authors' form): Lambda is clamped below at this value before the fits. Lambda
-    # falls to r on weights used by one modality, so the weighted scale fits can all but ignore
-    # them. On the testbed a floor of 0.5 did not mend SAB's worst layer (docs/RESULTS.md).
+    # runs between r and 1 - r, so with r near 0 or 1 the weighted scale fits can all but ignore
+    # some weights. On the testbed a floor of 0.5 did not mend SAB's worst layer (docs/RESULTS.md).
     lambda_floor: float = 0.0
 
     def check(self) -> None:
