@@ -83,7 +83,8 @@ def collect(model, names: list[str], samples: list[dict]):
                     model(**s, use_cache=False)
                 except Stop:
                     pass
-                print(f"  calibration sample {i + 1}/{len(samples)} ({s['input_ids'].shape[1]} tokens)", flush=True)
+                print(f"  calibration sample {i + 1}/{len(samples)} ({s['input_ids'].shape[1]} tokens)", file=sys.stderr,
+                      flush=True)
     finally:
         handle.remove()
     return col.stats
