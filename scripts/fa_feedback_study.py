@@ -10,8 +10,8 @@ complex columns. This script compares, at about 3.1-3.3 bpw, on a few layers wit
 - output-axis DFT + PolarQuant 2+4 without feedback, and with GPTQ feedback (this script);
 - GPTQ 3-bit and block Hadamard + GPTQ 3-bit (the library methods).
 
-Activation-weighted error ||(W - W')X^T|| / ||W X^T|| on the calibration inputs. A study, not a
-storage format: bpw is counted analytically (codes + fp16 scales per 64 entries + levels).
+Activation-weighted error ||(W - W')X^T|| / ||W X^T|| on the calibration inputs. This study came
+first (in double precision, bits counted analytically); the method `fa-gptq` is its stored form.
 
     python scripts/fa_feedback_study.py [--layers 2 10 20] [--nsamples 16]
 """
@@ -19,7 +19,6 @@ storage format: bpw is counted analytically (codes + fp16 scales per 64 entries 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -28,21 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_properties import act_err, collect  # noqa: E402
 
-from llava_fa.quantizers.polar import f16_up, lloyd_levels, nearest_level, phase_values  # noqa: E402
+from llava_fa.quantizers.polar import f16_up, lloyd_levels, polar_round  # noqa: E402
 
 MAG_BITS, PHASE_BITS, GROUP = 2, 4, 64
-
-
-def polar_round(z: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Nearest polar code point of each entry: phase on a 2^PHASE_BITS grid, then the magnitude level
-    of the component along that phase (as quantizers/polar.py does), with per-entry scales."""
-    nph = 1 << PHASE_BITS
-    code = torch.remainder(torch.round((torch.angle(z) + math.pi) * (nph / (2 * math.pi))), nph)
-    angle = phase_values(code, PHASE_BITS).to(code.dtype)
-    direction = torch.polar(torch.ones_like(angle), angle)
-    along = (z * direction.conj()).real.clamp_min(0)
-    rho = levels[nearest_level((along / scale).clamp(0, 1), levels)] * scale
-    return rho * direction
 
 
 def group_scales(S: torch.Tensor) -> torch.Tensor:
@@ -60,7 +47,8 @@ def output_dft_polar(W: torch.Tensor, H: torch.Tensor | None, damp: float = 0.01
     S = torch.fft.rfft(W.double(), dim=0, norm="ortho")  # (m//2+1, n) complex
     levels = lloyd_levels((S.abs() / group_scales(S)).reshape(-1).float(), MAG_BITS).double()
     if H is None:
-        return torch.fft.irfft(polar_round(S, group_scales(S), levels), n=m, dim=0, norm="ortho").float()
+        Q = polar_round(S, group_scales(S), levels, PHASE_BITS)[2]
+        return torch.fft.irfft(Q, n=m, dim=0, norm="ortho").float()
     H = H.double().clone()
     H += torch.eye(n, dtype=H.dtype) * (damp * torch.diagonal(H).mean())
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
@@ -68,7 +56,7 @@ def output_dft_polar(W: torch.Tensor, H: torch.Tensor | None, damp: float = 0.01
     for g0 in range(0, n, GROUP):
         scale = group_scales(S[:, g0:g0 + GROUP])[:, 0]
         for j in range(g0, g0 + GROUP):
-            Q[:, j] = polar_round(S[:, j], scale, levels)
+            Q[:, j] = polar_round(S[:, j], scale, levels, PHASE_BITS)[2]
             err = (S[:, j] - Q[:, j]) / U[j, j]
             S[:, j + 1:] -= err[:, None] * U[j, j + 1:][None, :]
     return torch.fft.irfft(Q, n=m, dim=0, norm="ortho").float()
@@ -101,7 +89,8 @@ def main() -> None:
     library = [("fa quant rfft2, ODC data-free", "fa", {"structure": "quant"}),
                ("fa quant rfft2, ODC calibrated", "fa", {"structure": "quant", "odc": "calibrated"}),
                ("gptq 3-bit g64", "gptq", {"bits": 3, "group_size": 64}),
-               ("hadamard + gptq 3-bit g64", "hadamard", {"bits": 3, "group_size": 64})]
+               ("hadamard + gptq 3-bit g64", "hadamard", {"bits": 3, "group_size": 64}),
+               ("fa-gptq (the stored method)", "fa-gptq", {})]
     print(f"calibration: {described}")
     print(f"{'layer':28} {'variant':36} {'bpw':>6} {'act. err':>9}")
     for name in names:

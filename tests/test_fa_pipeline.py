@@ -1,4 +1,4 @@
-"""`fa` end to end: the pipeline with calibrated ODC, then save and load a checkpoint of `fourier` layers."""
+"""`fa` and `fa-gptq` end to end: the pipeline with calibrated ODC, then save and load a checkpoint of `fourier` layers."""
 
 import pytest
 import torch
@@ -13,14 +13,17 @@ from llava_fa.pipeline import compress_model, default_patterns, find_parts, sele
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_compress_save_load(tmp_path):
+@pytest.mark.parametrize("method,opts", [
+    ("fa", {"odc": "calibrated", "rank": 4, "mag_bits": 6, "phase_bits": 6, "group_size": 32, "iters": 2}),
+    ("fa-gptq", {"mag_bits": 6, "phase_bits": 6, "group_size": 32}),
+])
+def test_compress_save_load(tmp_path, method, opts):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     F.save_llava_dir(tmp_path / "dense")
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "dense").eval()
     names = select(model, *default_patterns(find_parts(model)))
-    opts = {"odc": "calibrated", "rank": 4, "mag_bits": 6, "phase_bits": 6, "group_size": 32, "iters": 2}
-    meth = get_method("fa")(build_config("fa", opts))
+    meth = get_method(method)(build_config(method, opts))
     samples = [F.llava_inputs(seed=0), F.text_inputs(seed=1)]
     inputs = F.llava_inputs(seed=3)
     with torch.no_grad():
@@ -30,7 +33,7 @@ def test_compress_save_load(tmp_path):
     with torch.no_grad():
         ref = model(**inputs).logits
     assert ((ref - dense).norm() / dense.norm()) < 0.05
-    qc = quantization_config(model, "fa", meth.config.to_dict(), ["Linear"], [])
+    qc = quantization_config(model, method, meth.config.to_dict(), ["Linear"], [])
     out = save_compressed(model, tmp_path / "q", qc, AutoProcessor.from_pretrained(tmp_path / "dense"))
     loaded = load_model(out)
     for n in names:

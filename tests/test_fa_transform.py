@@ -15,6 +15,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("m,n", SHAPES)
 def test_round_trip_parseval_and_stored_entries(m, n, mode):
     W = torch.randn(m, n, generator=torch.Generator().manual_seed(m * 31 + n))
+    if mode == "rfft_out" and m % 2:
+        with pytest.raises(ValueError, match="even number of rows"):
+            ft.forward(W, mode)
+        return
     S = ft.forward(W, mode)
     assert S.shape == ft.spectrum_shape(m, n, mode)
     assert (ft.inverse(S, n, mode) - W).norm() <= 1e-6 * W.norm()
@@ -25,7 +29,7 @@ def test_round_trip_parseval_and_stored_entries(m, n, mode):
     assert ft.weighted_norm_sq(vc, vr, mode).sqrt() == pytest.approx(W.norm().item(), rel=1e-6)
     # the same on the grid: columns weigh 2, self-conjugate columns 1 (their full column)
     if mode != "none":
-        w = ft.column_weights(m, n, mode)
+        w = ft.grid_weights(m, n, mode)
         assert (S.abs().pow(2) * w).sum().sqrt() == pytest.approx(W.norm().item(), rel=1e-6)
     # degrees of freedom stored: exactly m*n, except the full fft2 spectrum
     assert 2 * vc.numel() * (mode != "none") + vr.numel() == ft.dof(m, n, mode)

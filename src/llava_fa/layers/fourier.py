@@ -83,7 +83,7 @@ class Layout:
         self.n_complex, self.n_real = sum(cplx_rows), sum(real_rows)
         g = p["group_size"]
         self.complex_groups = row_groups_count(cplx_rows, g)
-        self.real_row_aligned = mode == "none"
+        self.real_row_aligned = mode in ("none", "rfft_out")  # real entries fill whole rows
         self.real_groups = (row_groups_count(real_rows, g) if self.real_row_aligned
                             else flat_groups_count(self.n_real, g))
         self.is_complex = mode != "none"
@@ -351,6 +351,10 @@ class FourierLinear(CompressedLinear):
         xs = x.float()
         if c is not None:
             xs = xs / c
+        if mode == "rfft_out":
+            # W = irfft(G) along the outputs, so x W^T = irfft(x G^T): one matmul, one inverse FFT.
+            y = torch.fft.irfft(xs.to(torch.complex64) @ self.codes_grid().T, n=m, dim=-1, norm="ortho")
+            return self._finish(y, r, x.dtype)
         if mode in ("rfft2", "rfft"):
             X = torch.fft.rfft(xs, dim=-1, norm="ortho").conj()
         elif mode == "fft2":
@@ -372,12 +376,15 @@ class FourierLinear(CompressedLinear):
             Z = torch.zeros(*x.shape[:-1], m, device=x.device)
         if mode in ("rfft2", "fft2"):
             Z = torch.fft.ifft(Z, dim=-1, norm="ortho")
-        y = Z.real if Z.is_complex() else Z
+        return self._finish(Z.real if Z.is_complex() else Z, r, x.dtype)
+
+    def _finish(self, y: torch.Tensor, r: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Undo the ODC row scales, add the bias."""
         if r is not None:
             y = y / r
         if self.bias is not None:
             y = y + self.bias.float()
-        return y.to(x.dtype)
+        return y.to(dtype)
 
 
 

@@ -241,3 +241,15 @@ def polar_dequantize(mag: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor
                      groups: Groups, phase_bits: int) -> torch.Tensor:
     rho = levels[mag.long()] * scale[groups.gid]
     return torch.polar(rho, phase_values(phase, phase_bits))
+
+
+def polar_round(z: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor, phase_bits: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round entries to fixed per-entry scales and levels (as polar_quantize does once those are
+    chosen): (magnitude codes, phase codes, dequantized values). Used by column-wise methods."""
+    nph = 1 << phase_bits
+    phase = torch.remainder(torch.round((torch.angle(z) + math.pi) * (nph / (2 * math.pi))), nph).to(torch.int64)
+    direction = torch.polar(torch.ones_like(scale, dtype=torch.float32), phase_values(phase, phase_bits))
+    along = (z * direction.conj()).real.clamp_min(0)
+    mag = nearest_level((along / scale).clamp(0, 1).contiguous(), levels)
+    return mag, phase, (levels[mag] * scale) * direction

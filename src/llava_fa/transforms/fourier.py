@@ -9,6 +9,9 @@ Every transform is unitary (`norm="ortho"`), so errors keep their size between t
 - `rfft`: 1-D DFT of each row (along the input axis), m x h complex; each row's columns 0 and n/2
   (even n) are real. Also exactly m*n reals. Inference needs one FFT of the activation and no
   inverse transform.
+- `rfft_out`: 1-D DFT of each column (along the output axis), (m//2+1) x n complex; rows 0 and m/2
+  (even m) are real. Also exactly m*n reals. Each input column stays a column, so the layer loss
+  tr(D H D^T) keeps the same real Hessian H: GPTQ's column loop runs on it unchanged (`fa-gptq`).
 - `fft2`: the full m x n complex spectrum, 2*m*n reals (the ablation that ignores the symmetry).
 - `none`: W itself, m x n real (the spatial control).
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("rfft2", "rfft", "fft2", "none")
+MODES = ("rfft2", "rfft", "rfft_out", "fft2", "none")
 
 
 def _check(mode: str) -> None:
@@ -35,7 +38,14 @@ def _check(mode: str) -> None:
 
 def spectrum_shape(m: int, n: int, mode: str) -> tuple[int, int]:
     _check(mode)
+    if mode == "rfft_out":
+        return (m // 2 + 1, n)
     return (m, n // 2 + 1) if mode in ("rfft2", "rfft") else (m, n)
+
+
+def real_rows(m: int, mode: str) -> list[int]:
+    """Rows of the `rfft_out` grid that hold real values (DC and, for even m, Nyquist)."""
+    return [0] + ([m // 2] if m % 2 == 0 else []) if mode == "rfft_out" else []
 
 
 def self_conjugate_columns(n: int, mode: str) -> list[int]:
@@ -47,14 +57,25 @@ def self_conjugate_columns(n: int, mode: str) -> list[int]:
 
 def entry_weights(mode: str) -> tuple[float, float]:
     """Parseval weight of one stored (complex, real) entry."""
-    return (2.0, 1.0) if mode in ("rfft2", "rfft") else (1.0, 1.0)
+    return (2.0, 1.0) if mode in ("rfft2", "rfft", "rfft_out") else (1.0, 1.0)
 
 
 def column_weights(m: int, n: int, mode: str, device=None) -> torch.Tensor:
     """Parseval weight of each column of the spectrum grid (for the weighted low-rank fit)."""
+    if mode == "rfft_out":
+        raise ValueError("rfft_out weighs rows, not columns (it has no low-rank form); use grid_weights")
     h = spectrum_shape(m, n, mode)[1]
     w = torch.full((h,), entry_weights(mode)[0], device=device)
     w[self_conjugate_columns(n, mode)] = 1.0
+    return w
+
+
+def grid_weights(m: int, n: int, mode: str, device=None) -> torch.Tensor:
+    """Parseval weight of every entry of the spectrum grid: ||W||^2 = sum w |S|^2."""
+    if mode != "rfft_out":
+        return column_weights(m, n, mode, device)[None, :].expand(spectrum_shape(m, n, mode))
+    w = torch.full(spectrum_shape(m, n, mode), 2.0, device=device)
+    w[real_rows(m, mode)] = 1.0
     return w
 
 
@@ -69,6 +90,9 @@ def row_counts(m: int, n: int, mode: str) -> tuple[list[int], list[int]]:
         return [n] * m, [0] * m
     if mode == "rfft":
         return [h - s] * m, [s] * m
+    if mode == "rfft_out":
+        rr = real_rows(m, mode)
+        return [0 if k in rr else n for k in range(m // 2 + 1)], [n if k in rr else 0 for k in range(m // 2 + 1)]
     # rfft2: self-conjugate columns keep complex rows 1..(m-1)//2 and real rows 0 and m/2 (even m)
     cplx = [h - s + (s if 1 <= k <= (m - 1) // 2 else 0) for k in range(m)]
     real = [s if (k == 0 or (m % 2 == 0 and k == m // 2)) else 0 for k in range(m)]
@@ -89,12 +113,15 @@ def stored_masks(m: int, n: int, mode: str, device=None) -> tuple[torch.Tensor, 
         cmask[:] = True
         cmask[:, sc] = False
         rmask[:, sc] = True
+    elif mode == "rfft_out":
+        cmask[:] = True
+        cmask[real_rows(m, mode)] = False
+        rmask[real_rows(m, mode)] = True
     else:
         cmask[:] = True
         cmask[:, sc] = False
         cmask[1:(m - 1) // 2 + 1, sc] = True
-        real_rows = [0] + ([m // 2] if m % 2 == 0 else [])
-        for r in real_rows:
+        for r in [0] + ([m // 2] if m % 2 == 0 else []):
             rmask[r, sc] = True
     return cmask, rmask
 
@@ -113,6 +140,10 @@ def forward(W: torch.Tensor, mode: str) -> torch.Tensor:
         return torch.fft.rfft2(W, norm="ortho")
     if mode == "rfft":
         return torch.fft.rfft(W, dim=1, norm="ortho")
+    if mode == "rfft_out":
+        if W.shape[0] % 2:
+            raise ValueError(f"rfft_out needs an even number of rows (outputs), got {W.shape[0]}")
+        return torch.fft.rfft(W, dim=0, norm="ortho")
     if mode == "fft2":
         return torch.fft.fft2(W, norm="ortho")
     return W.clone()
@@ -138,6 +169,10 @@ def project(S: torch.Tensor, n: int, mode: str) -> torch.Tensor:
         mirror = torch.roll(torch.flip(S, dims=(0, 1)), (1, 1), dims=(0, 1))
         return (S + mirror.conj()) / 2
     out = S.clone()
+    if mode == "rfft_out":
+        for r in real_rows(2 * (S.shape[0] - 1), mode):  # rfft_out needs an even m (checked by its method)
+            out[r] = out[r].real.to(S.dtype)
+        return out
     for c in self_conjugate_columns(n, mode):
         v = S[:, c]
         out[:, c] = (v + _mirror_rows(v).conj()) / 2 if mode == "rfft2" else v.real.to(S.dtype)
@@ -155,12 +190,14 @@ def inverse(S: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     P = project(S, n, mode)
     if mode == "rfft":
         return torch.fft.irfft(P, n=n, dim=1, norm="ortho")
+    if mode == "rfft_out":
+        return torch.fft.irfft(P, n=2 * (S.shape[0] - 1), dim=0, norm="ortho")
     return torch.fft.irfft2(P, s=(S.shape[0], n), norm="ortho")
 
 
 def gather(S: torch.Tensor, n: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The stored (complex, real) entries of a grid, taken from its projection (what counts)."""
-    m = S.shape[0]
+    m = 2 * (S.shape[0] - 1) if mode == "rfft_out" else S.shape[0]
     cmask, rmask = stored_masks(m, n, mode, S.device)
     P = project(S, n, mode)
     real = P[rmask] if mode == "none" else P[rmask].real
