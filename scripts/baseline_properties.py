@@ -90,6 +90,21 @@ def collect(model, names: list[str], samples: list[dict]):
     return col.stats
 
 
+def testbed_layer_stats(names: list[str], nsamples: int, seqlen: int = 256, seed: int = 0):
+    """The uncompressed testbed, per-modality statistics of the named linears over `nsamples` mixed
+    calibration samples (half easy-VQA image+text, half WikiText-2), and the samples' description."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llava_fa.calibration.data import build_samples
+    from llava_fa.commands.testbed import ensure_testbed
+
+    d = ensure_testbed()
+    model = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+    samples, described = build_samples(AutoProcessor.from_pretrained(d), "mixed", nsamples, seqlen, seed,
+                                       multimodal=True)
+    return model, collect(model, names, samples), described
+
+
 def weight_err(W: torch.Tensor, Q: torch.Tensor) -> float:
     return float((W - Q).norm() / W.norm())
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_properties import act_err, collect  # noqa: E402
+from baseline_properties import act_err, testbed_layer_stats  # noqa: E402
 
 from llava_fa.quantizers.polar import f16_up, lloyd_levels, polar_round  # noqa: E402
 
@@ -73,19 +73,11 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     args = p.parse_args()
     torch.manual_seed(0)
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from llava_fa.calibration.data import build_samples
-    from llava_fa.commands.testbed import ensure_testbed
     from llava_fa.methods import build_config, get_method
 
-    d = ensure_testbed()
-    model = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-    samples, described = build_samples(AutoProcessor.from_pretrained(d), "mixed", args.nsamples, 256, 0,
-                                       multimodal=True)
     names = [f"model.language_model.layers.{i}.{proj}" for i in args.layers
              for proj in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj")]
-    stats = collect(model, names, samples)
+    model, stats, described = testbed_layer_stats(names, args.nsamples)
     library = [("fa quant rfft2, ODC data-free", "fa", {"structure": "quant"}),
                ("fa quant rfft2, ODC calibrated", "fa", {"structure": "quant", "odc": "calibrated"}),
                ("gptq 3-bit g64", "gptq", {"bits": 3, "group_size": 64}),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_properties import act_err, collect, weight_err  # noqa: E402
+from baseline_properties import act_err, testbed_layer_stats, weight_err  # noqa: E402
 
 VARIANTS = [("arb-rc", {}), ("sab", {}), ("sab", {"lambda_floor": 0.5}), ("sab", {"diff_quantile": 0.75}),
             ("sab", {"lambda_steers_selection": True})]
@@ -29,20 +29,12 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     args = p.parse_args()
     torch.manual_seed(0)
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from llava_fa.calibration.data import build_samples
-    from llava_fa.commands.testbed import ensure_testbed
     from llava_fa.methods import build_config, get_method
     from llava_fa.methods.sab import significance_map
 
-    d = ensure_testbed()
-    model = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-    samples, described = build_samples(AutoProcessor.from_pretrained(d), "mixed", args.nsamples, 256, 0,
-                                       multimodal=True)
-    print(f"calibration: {described}")
     names = [f"model.language_model.layers.{x}" for x in args.layers]
-    stats = collect(model, names, samples)
+    model, stats, described = testbed_layer_stats(names, args.nsamples)
+    print(f"calibration: {described}")
     for name in names:
         W, st = model.get_submodule(name).weight.detach().float().clone(), stats[name]
         lam, info = significance_map(W, st.hessian("text"), st.hessian("image"), build_config("sab"))
