@@ -9,7 +9,7 @@ Each run NAME has docs/results/testbed_h100/NAME.json (`llava-fa eval --json`, f
 test split, all of WikiText-2, fidelity against the uncompressed testbed) and NAME.report.json
 (`llava-fa compress --report`). They come from one GPU call:
 
-    bash scripts/device/sweep.sh $(python scripts/render_results.py --sweep-args)
+    eval "bash scripts/device/sweep.sh $(python scripts/render_results.py --sweep-args)"   # eval: specs are quoted
 """
 
 from __future__ import annotations
@@ -500,8 +500,8 @@ def render() -> str:
            "the calibration inputs; `s` is the compression wall time on the H100.", "",
            "Reproduce one row: `llava-fa compress ~/.cache/llava_fa/testbed FLAGS --out OUT --report OUT.report.json` "
            "then `llava-fa eval OUT --reference ~/.cache/llava_fa/testbed --vqa-mode fast --dtype float32 --json "
-           "OUT.json`; all rows in one GPU call: `bash scripts/device/sweep.sh $(python scripts/render_results.py "
-           "--sweep-args)`.", "",
+           "OUT.json`; all rows in one GPU call (`eval`: the specs are quoted): `eval \"bash scripts/device/sweep.sh "
+           "$(python scripts/render_results.py --sweep-args)\"` (add `--missing` for the runs without a record).", "",
            "Note: the testbed's SmolLM2 weights come from a 4-bit GGUF file (Q4_1, blocks of 32): 4-bit results "
            "partly measure re-quantizing a 4-bit grid; the 2-3 bit rows say more.", ""]
     header = ("| run | flags | bpw | WikiText-2 PPL | easy-VQA acc. | KL | top-1 agr. | act. err | s |\n"
