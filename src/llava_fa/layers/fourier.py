@@ -39,7 +39,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from llava_fa.layers.base import CompressedLinear
 from llava_fa.layers.registry import register_format
@@ -185,7 +184,7 @@ class FourierLinear(CompressedLinear):
     def _device(self) -> torch.device:
         return next(iter(self.buffers())).device if len(self._buffers) else torch.device("cpu")
 
-    def _groups(self) -> tuple[Groups, Groups]:
+    def entry_groups(self) -> tuple[Groups, Groups]:
         """Group ids of the complex and real entries (built from the masks, row-major order)."""
         m, n, g, dev = self.out_features, self.in_features, self._params["group_size"], self._device()
         cmask, rmask = ft.stored_masks(m, n, self.mode, dev)
@@ -223,7 +222,7 @@ class FourierLinear(CompressedLinear):
         (`search`: per-group clipping search of the scales, see quantizers/polar.py)."""
         p = self._params
         vc, vr = ft.gather(target, self.in_features, self.mode)
-        gc, gr = self._groups()
+        gc, gr = self.entry_groups()
         if self.layout.n_complex:
             if p["quantizer"] == "polar":
                 q = polar_quantize(vc, gc, p["mag_bits"], p["phase_bits"], p["levels"], search)
@@ -260,7 +259,7 @@ class FourierLinear(CompressedLinear):
         p, lay = self._params, self.layout
         if not p["codes"]:
             return None, None
-        gc, gr = self._groups()
+        gc, gr = self.entry_groups()
         vc = vr = None
         if lay.n_complex:
             if p["quantizer"] == "polar":

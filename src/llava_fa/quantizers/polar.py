@@ -130,12 +130,12 @@ def best_scale(base: torch.Tensor, groups: Groups, sq_error, search: bool) -> to
 
 # --- real: symmetric midrise ---------------------------------------------------------------------
 
-def _midrise_codes(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
+def midrise_codes(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     maxq = (1 << bits) - 1
     return torch.clamp(torch.round(x / step + maxq / 2), 0, maxq).to(torch.int64)
 
 
-def _midrise_values(codes: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
+def midrise_values(codes: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     return step * (codes.float() - ((1 << bits) - 1) / 2)
 
 
@@ -146,14 +146,14 @@ def sym_quantize(x: torch.Tensor, groups: Groups, bits: int, search: bool = Fals
 
     def sq_error(step):
         s = step[groups.gid]
-        return (_midrise_values(_midrise_codes(x, s, bits), s, bits) - x).pow(2)
+        return (midrise_values(midrise_codes(x, s, bits), s, bits) - x).pow(2)
 
     step = best_scale(2 * group_max(x.abs(), groups) / ((1 << bits) - 1), groups, sq_error, search)
-    return _midrise_codes(x, step[groups.gid], bits), step
+    return midrise_codes(x, step[groups.gid], bits), step
 
 
 def sym_dequantize(codes: torch.Tensor, step: torch.Tensor, groups: Groups, bits: int) -> torch.Tensor:
-    return _midrise_values(codes, step[groups.gid], bits)
+    return midrise_values(codes, step[groups.gid], bits)
 
 
 # --- cartesian complex ---------------------------------------------------------------------------
@@ -164,17 +164,17 @@ def cartesian_quantize(z: torch.Tensor, groups: Groups, bits: int, search: bool 
 
     def sq_error(step):
         s = step[groups.gid]
-        return sum((_midrise_values(_midrise_codes(part, s, bits), s, bits) - part).pow(2) for part in (z.real, z.imag))
+        return sum((midrise_values(midrise_codes(part, s, bits), s, bits) - part).pow(2) for part in (z.real, z.imag))
 
     step = best_scale(2 * amax / ((1 << bits) - 1), groups, sq_error, search)
     s = step[groups.gid]
-    return _midrise_codes(z.real, s, bits), _midrise_codes(z.imag, s, bits), step
+    return midrise_codes(z.real, s, bits), midrise_codes(z.imag, s, bits), step
 
 
 def cartesian_dequantize(re: torch.Tensor, im: torch.Tensor, step: torch.Tensor, groups: Groups,
                          bits: int) -> torch.Tensor:
     s = step[groups.gid]
-    return torch.complex(_midrise_values(re, s, bits), _midrise_values(im, s, bits))
+    return torch.complex(midrise_values(re, s, bits), midrise_values(im, s, bits))
 
 
 # --- PolarQuant ----------------------------------------------------------------------------------

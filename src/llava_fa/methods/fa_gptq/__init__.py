@@ -24,7 +24,7 @@ from llava_fa.layers.fourier import FourierLinear
 from llava_fa.methods.base import XTX, LayerStats, Method, MethodConfig, register_method
 from llava_fa.quantizers.binarize import prepare_hessian
 from llava_fa.quantizers.packing import pack
-from llava_fa.quantizers.polar import (_midrise_codes, _midrise_values, f16_up, polar_quantize, polar_round,
+from llava_fa.quantizers.polar import (f16_up, midrise_codes, midrise_values, polar_quantize, polar_round,
                                        to_bits)
 from llava_fa.transforms import fourier as ft
 
@@ -84,10 +84,10 @@ class FAGPTQ(Method):
         S = ft.forward(W, "rfft_out")
         real = ft.real_rows(m, "rfft_out")
         cplx = [k for k in range(S.shape[0]) if k not in real]
-        p = layer._params
+        p = layer.params()
         # Magnitude levels from the unquantized spectrum (the loop keeps them fixed).
         vc, _ = ft.gather(S, n, "rfft_out")
-        levels = polar_quantize(vc, layer._groups()[0], c.mag_bits, c.phase_bits, c.levels).levels
+        levels = polar_quantize(vc, layer.entry_groups()[0], c.mag_bits, c.phase_bits, c.levels).levels
         codes = feedback_loop(S[cplx].clone(), S[real].real.clone(), U, levels, c.group_size, c.phase_bits,
                               p["real_bits"])
         mag, phase, mag_scales, real_codes, real_steps = codes
@@ -118,8 +118,8 @@ def feedback_loop(Sc: torch.Tensor, Sr: torch.Tensor, U: torch.Tensor, levels: t
         steps[:, k] = f16_up(2 * Sr[:, g0:g0 + group].abs().amax(1) / maxq)
         for j in range(g0, g0 + group):
             mag[:, j], phase[:, j], qc = polar_round(Sc[:, j], scales[:, k], levels, phase_bits)
-            real_codes[:, j] = _midrise_codes(Sr[:, j], steps[:, k], real_bits)
-            qr = _midrise_values(real_codes[:, j], steps[:, k], real_bits)
+            real_codes[:, j] = midrise_codes(Sr[:, j], steps[:, k], real_bits)
+            qr = midrise_values(real_codes[:, j], steps[:, k], real_bits)
             d = U[j, j]
             Sc[:, j + 1:] -= ((Sc[:, j] - qc) / d)[:, None] * U[j, j + 1:][None, :]
             Sr[:, j + 1:] -= ((Sr[:, j] - qr) / d)[:, None] * U[j, j + 1:][None, :]
