@@ -342,7 +342,7 @@ def feedback_study_section() -> list[str]:
         layer, rest = line[:28].strip(), line[29:]
         label, value = rest[:36].strip(), float(rest.split()[-1])
         err.setdefault(layer, {})[label] = value
-    fb, nofb = "fa-gptq (the stored method)", "output-axis DFT + polar, no feedback"
+    fb, nofb = "fa-gptq", "fa-gptq without feedback"
     def beats(ref: str) -> int:
         return sum(e[fb] < e[ref] for e in err.values())
     ratio = [e[fb] / e["fa quant rfft2, ODC calibrated"] for e in err.values()]
@@ -354,8 +354,8 @@ def feedback_study_section() -> list[str]:
             f"on {beats(nofb)}/{len(err)}, `fa` with calibrated ODC on {beats('fa quant rfft2, ODC calibrated')}/"
             f"{len(err)} (by {1 - max(ratio):.0%} to {1 - min(ratio):.0%}), GPTQ 3-bit (3.30 bpw) on "
             f"{beats('gptq 3-bit g64')}/{len(err)}, block Hadamard + GPTQ on {beats('hadamard + gptq 3-bit g64')}/"
-            f"{len(err)}. The method `fa-gptq` stores it as a `fourier` layer (its rows match the study's "
-            "double-precision loop). End to end it does not carry over: on the CPU subset " + small("fa-gptq3")
+            f"{len(err)}. `fa-gptq` stores it as a `fourier` layer. End to end it does not carry over: on the "
+            "CPU subset " + small("fa-gptq3")
             + " against " + small("gptq3") + " and " + small("fa3-odccal") + ": lower layer error and better "
             "perplexity than GPTQ, but easy-VQA and KL are worse. Lower activation error on the 32 calibration "
             "samples did not buy fidelity on other prompts here; we keep `fa-gptq` as an experiment, not a default.",

@@ -64,7 +64,9 @@ class FAGPTQ(Method):
     needs = frozenset({XTX})
 
     def check_layer(self, name: str, linear: nn.Linear) -> None:
-        m, n = linear.out_features, linear.in_features
+        self._check_shape(name, linear.out_features, linear.in_features)
+
+    def _check_shape(self, name: str, m: int, n: int) -> None:
         if m % 2:
             raise ConfigError(f"fa-gptq needs an even number of outputs; {name} has {m}. Fix: --ignore it")
         if n % self.config.group_size:
@@ -76,7 +78,7 @@ class FAGPTQ(Method):
         if stats is None:
             raise ConfigError("fa-gptq needs calibration data (X^T X); do not pass --nsamples 0")
         c, (m, n) = self.config, weight.shape
-        self.check_layer("this layer", nn.Linear(n, m, bias=False, device="meta"))
+        self._check_shape("this layer", m, n)
         W, _, U = prepare_hessian(weight, stats.hessian(c.modality).to(weight.device), c.damp)
         layer = FourierLinear(n, m, bias is not None, **c.layer_params()).to(weight.device)
         if bias is not None:
