@@ -264,13 +264,17 @@ def cpu_binary_section() -> list[str]:
 
 
 def method_of(name: str) -> str:
+    """The method a run used: from its compress report, else from the `-m` of its flags."""
     rep = RESULTS / f"{name}.report.json"
-    return json.loads(rep.read_text())["method"] if rep.exists() else name
+    if rep.exists():
+        return json.loads(rep.read_text())["method"]
+    flags = next((f.split() for _, n, f in RUNS if n == name), [])
+    return flags[flags.index("-m") + 1] if "-m" in flags else name
 
 
 def runs_in_budget(lo: float, hi: float) -> list[str]:
     """The non-binary runs with a record whose all-stored bpw lies in [lo, hi), best perplexity first."""
-    names = [n for _, n, _ in RUNS if n != "base" and load(n) is not None and method_of(n) not in BINARY_METHODS
+    names = [n for n in dict.fromkeys(n for _, n, _ in RUNS) if n != "base" and load(n) is not None and method_of(n) not in BINARY_METHODS
              and lo <= load(n)["size"]["decoder_linear"]["bpw"] < hi]
     return sorted(names, key=lambda n: load(n)["perplexity"]["ppl"])
 
