@@ -462,7 +462,7 @@ def analysis_section() -> list[str]:
             "(`fa3q_odccal` vs `fa3q`, `fa4q_odccal` vs `fa4q`). At about 4 bits it is not alone: CALDERA with a "
             "3-bit Q and rank-64 4-bit factors, " + m("caldera_q3") + ", keeps more easy-VQA at equal KL and a "
             "higher perplexity, at " + f"{compress_seconds('caldera_q3') / compress_seconds('fa4q_odccal'):.1f}"
-            + " times the compression time (runs four at a time on one GPU, so the seconds are rough).", "",
+            + " times the compression time (runs shared the GPU, so the seconds are rough).", "",
             "**LLaVA-FA loses** to the rotation baseline at 3 and 4 bits: " + m("hadamard4") + " nearly keeps the "
             "uncompressed accuracy, and " + m("hadamard3") + " has nearly twice LLaVA-FA's best easy-VQA at about 3 bits. "
             "Both spread outliers with an orthogonal transform (the DFT is one), so incoherence is not the "
@@ -537,7 +537,7 @@ def render() -> str:
            "uncompressed testbed. bpw counts every stored bit of the decoder linears (codes, scales, zeros, factors, "
            "ODC scales, levels). Calibration (GPTQ, calibrated ODC): 16 easy-VQA image+text samples and 16 x 256 "
            "tokens of WikiText-2 validation. `act. err` is the mean over layers of ||(W - W')X^T|| / ||W X^T|| on "
-           "the calibration inputs; `s` is the compression wall time on the H100.", "",
+           "the calibration inputs; `s` is the compression wall time on the H100, with up to eight runs sharing it (`JOBS` of `sweep.sh`), so it includes their contention: time single layers with `scripts/bench_layer.py` (last section).", "",
            "Reproduce one row: `llava-fa compress ~/.cache/llava_fa/testbed FLAGS --out OUT --report OUT.report.json` "
            "then `llava-fa eval OUT --reference ~/.cache/llava_fa/testbed --vqa-mode fast --dtype float32 --json "
            "OUT.json`; all rows in one GPU call (`eval`: the specs are quoted): `eval \"bash scripts/device/sweep.sh "
