@@ -19,7 +19,7 @@ def test_cached_and_dequant_forward_agree(method, options):
         outs[mode] = layer(x)
         torch.testing.assert_close(outs[mode], ref, rtol=1e-5, atol=1e-5)
     assert not any("cache" in k for k in layer.state_dict())
-    layer.forward_mode = "fused"
+    layer.forward_mode = "bogus"
     with pytest.raises(ValueError, match="forward_mode must be one of"):
         layer(x)
 

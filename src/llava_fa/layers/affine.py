@@ -6,12 +6,18 @@ Stored tensors (b = bits, G = in_features / group_size groups per row):
   `model.to(dtype)` or `from_pretrained(dtype=...)` cannot silently widen them (and change the
   bits per weight or the rounding the method optimized against);
 - `qzeros` uint8 (ceil(out*G/8)*b,): zero points packed as one stream (absent when `sym`).
+
+Forward modes: "cached" and "dequant" as for every format (layers/base.py), and "fused": one Triton
+kernel unpacks each tile of codes and multiplies it (`kernels/affine_matmul.py`), so W is never
+formed; where Triton cannot run (CPU tensors, CPU builds of torch) "fused" computes what "dequant"
+does, which keeps the same memory promise.
 """
 
 from __future__ import annotations
 
 import torch
 
+from llava_fa.kernels import affine_matmul
 from llava_fa.layers.base import CompressedLinear
 from llava_fa.layers.registry import register_format
 from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
@@ -64,3 +70,16 @@ class AffineLinear(CompressedLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         scale, zero = self.scale_zero()
         return dequantize_grouped(self.codes(), scale, zero).to(dtype)
+
+    forward_modes = ("cached", "dequant", "fused")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = getattr(self, "forward_mode", "cached")
+        if mode != "fused":
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if not affine_matmul.available(x):
+            return torch.nn.functional.linear(x, self.dequantize(x.dtype), bias)
+        y = affine_matmul.affine_matmul(x, self.qweight, self.scales, None if self.sym else self.qzeros,
+                                        self.bits, self.group_size, self.out_features)
+        return y if bias is None else y + bias

@@ -1,0 +1,101 @@
+"""`x @ W.T` straight from the `affine` format's packed codes, in one Triton kernel.
+
+The dense weight is never formed: each tile of W is unpacked from `qweight` (8 codes of `bits`
+bits in `bits` bytes, see `quantizers.pack`), its float16 scales and packed zeros are read, and
+`scale * (code - zero)` goes into a `tl.dot` with the activation tile. Decoding is memory-bound,
+so reading 2-4 bits instead of 16 per weight is where the speed comes from; prefill (many tokens)
+is compute-bound and cuBLAS on the cached dense weight stays faster there (see
+`scripts/bench_kernels.py`).
+
+Triton is imported lazily: on a machine without it (CI, CPU-only torch) `available()` is False
+and `AffineLinear` falls back to its unfused paths. `TRITON_INTERPRET=1` runs the kernel on CPU
+tensors (slowly), which is how the CPU tests check it when Triton is installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch, not with the CPU build
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the fused kernel can run on `x`'s device."""
+    if triton is None:
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _unpack(ptr, index, BITS: tl.constexpr, mask):
+        """Codes at flat positions `index` of a stream packed 8 codes per `BITS` bytes."""
+        bit = (index % 8) * BITS
+        byte = (index // 8) * BITS + bit // 8
+        shift = bit % 8
+        lo = tl.load(ptr + byte, mask=mask, other=0).to(tl.int32)
+        # a code crosses into the next byte only when it does not fit in this one's remaining bits
+        hi = tl.load(ptr + byte + 1, mask=mask & (shift + BITS > 8), other=0).to(tl.int32)
+        return ((lo | (hi << 8)) >> shift) & ((1 << BITS) - 1)
+
+    @triton.jit
+    def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K, n_groups,
+                              group_size, stride_xm, stride_om, row_codes,
+                              BITS: tl.constexpr, SYM: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
+                        other=0.0)
+            w_mask = (rk[:, None] < K) & (rn[None, :] < N)  # the tile of W.T: (BLOCK_K, BLOCK_N)
+            # each row of qweight holds `row_codes` (in_features padded to 8) codes
+            codes = _unpack(qweight_ptr, rn[None, :] * row_codes + rk[:, None], BITS, w_mask)
+            group = rn[None, :] * n_groups + rk[:, None] // group_size
+            scale = tl.load(scales_ptr + group, mask=w_mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+            if SYM:
+                zero = 1 << (BITS - 1)
+            else:
+                zero = _unpack(qzeros_ptr, group, BITS, w_mask)
+            w = scale * (codes - zero).to(tl.float32)
+            acc += tl.dot(x, w.to(x.dtype))
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def default_blocks(m: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) by the number of tokens. tl.dot wants at least 16 rows, so a
+    decode step (m = 1) pays for padding in compute, not in reads; narrow N tiles give it enough
+    programs to fill the GPU. `scripts/bench_kernels.py` measures these against other tiles."""
+    return (16, 32, 128) if m <= 16 else (64, 64, 64)
+
+
+def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor | None,
+                  bits: int, group_size: int, out_features: int,
+                  blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """`x @ W.T` for an `affine` layer's stored tensors; x is (..., in_features)."""
+    if triton is None:
+        raise RuntimeError("the fused affine kernel needs Triton (it comes with CUDA builds of torch). "
+                           "Fix: use forward_mode 'cached' or 'dequant', or install a CUDA build of torch.")
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], out_features
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    block_m, block_n, block_k = blocks or default_blocks(m)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    _affine_matmul_kernel[grid](
+        x2, qweight, scales, qweight if qzeros is None else qzeros, out, m, n, k, scales.shape[1], group_size,
+        x2.stride(0), out.stride(0), qweight.shape[1] // bits * 8,
+        BITS=bits, SYM=qzeros is None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return out.reshape(*lead, n)
