@@ -46,10 +46,12 @@ if triton is not None:
         return ((lo | (hi << 8)) >> shift) & ((1 << BITS) - 1)
 
     @triton.jit
-    def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K, n_groups,
+    def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K: tl.constexpr, n_groups,
                               group_size, stride_xm, stride_om, row_codes,
                               BITS: tl.constexpr, SYM: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # K is a constexpr (one compile per in_features, a handful per model): Triton 3.6's interpreter
+        # cannot loop over a runtime bound, and a fixed trip count lets the compiler unroll.
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -58,8 +60,18 @@ if triton is not None:
             x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
                         other=0.0)
             w_mask = (rk[:, None] < K) & (rn[None, :] < N)  # the tile of W.T: (BLOCK_K, BLOCK_N)
-            # each row of qweight holds `row_codes` (in_features padded to 8) codes
-            codes = _unpack(qweight_ptr, rn[None, :] * row_codes + rk[:, None], BITS, w_mask)
+            # 8 codes sit in BITS consecutive bytes: gather each chunk's bytes into one word, then
+            # shift the 8 codes out of it (k = 8 * chunk + position, the row-major order of the reshape)
+            rc = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            c_mask = (rc[:, None] < row_codes // 8) & (rn[None, :] < N)
+            word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
+            for j in tl.static_range(BITS):
+                byte = tl.load(qweight_ptr + rn[None, :] * (row_codes // 8 * BITS) + rc[:, None] * BITS + j,
+                               mask=c_mask, other=0)
+                word |= byte.to(tl.int64) << (8 * j)
+            position = tl.arange(0, 8)
+            codes = (word[:, None, :] >> (position[None, :, None] * BITS)) & ((1 << BITS) - 1)
+            codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.int32)
             group = rn[None, :] * n_groups + rk[:, None] // group_size
             scale = tl.load(scales_ptr + group, mask=w_mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
             if SYM:
