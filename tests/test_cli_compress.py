@@ -87,6 +87,11 @@ def test_compress_then_load_and_chat(run, dense_dir, easyvqa, tmp_path):
     assert code == 0, stderr
     code, stdout, stderr = run("chat", out, "Hello?", "--max-new-tokens", "3")
     assert code == 0, stderr
+    for mode in ("dequant", "fused"):  # the same layers computed without a cached dense weight
+        code, same, stderr = run("chat", out, "Hello?", "--max-new-tokens", "3", "--forward-mode", mode)
+        assert code == 0 and same == stdout, stderr
+    code, _, stderr = run("chat", out, "Hello?", "--forward-mode", "spectral")
+    assert code == 2 and "'spectral' is not available for 14 of the 14" in stderr and "'affine'" in stderr
 
 
 def test_recipe_file_with_flag_overrides(run, dense_dir, tmp_path):

@@ -32,3 +32,22 @@ def test_cache_is_dropped_when_weights_change():
     a(x)  # fills the cache
     a.load_state_dict(b.state_dict())
     torch.testing.assert_close(a(x), b(x))
+
+
+def test_set_forward_mode_on_a_model_checks_every_layer_and_drops_caches():
+    from llava_fa.errors import ConfigError
+    from llava_fa.layers import set_forward_mode
+
+    torch.manual_seed(0)
+    rtn = get_method("rtn")(build_config("rtn", {"bits": 4, "group_size": 16}))
+    fa = get_method("fa")(build_config("fa", {"structure": "quant"}))
+    model = torch.nn.Sequential(rtn.compress(torch.randn(32, 32), None), fa.compress(torch.randn(16, 32), None))
+    x = torch.randn(3, 32)
+    ref = model(x)  # "cached": both layers now hold a dense copy
+    assert all(m.__dict__.get("_cache") for m in model)
+    assert set_forward_mode(model, "dequant") == 2
+    assert not any(m.__dict__.get("_cache") for m in model)
+    torch.testing.assert_close(model(x), ref)
+    with pytest.raises(ConfigError, match=r"'fused' is not available for 1 of the 2 .*format 'fourier'"):
+        set_forward_mode(model, "fused")
+    assert [m.forward_mode for m in model] == ["dequant", "dequant"]  # nothing changed by the refusal

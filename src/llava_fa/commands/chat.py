@@ -18,19 +18,20 @@ def chat(
     image: Optional[Path] = typer.Option(None, "--image", help="An image file (PNG/JPEG) to ask about."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer, in tokens."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help="How compressed layers run: cached (default), dequant, fused (affine), spectral (fourier)."),
 ) -> None:
     """Answer a question about an image (greedy decoding)."""
     from llava_fa.commands.compress import quiet_transformers, resolve_device
 
     quiet_transformers()
     try:
-        typer.echo(answer(model_dir, question, image, max_new_tokens, resolve_device(device)))
+        typer.echo(answer(model_dir, question, image, max_new_tokens, resolve_device(device), forward_mode))
     except LlavaFAError as e:
         raise UserError(str(e)) from None
 
 
 def answer(model_dir: Path, question: str, image: Path | None = None, max_new_tokens: int = 32,
-           device: str = "cpu") -> str:
+           device: str = "cpu", forward_mode: str | None = None) -> str:
     import torch
 
     from llava_fa.calibration.data import conversation_text
@@ -39,6 +40,9 @@ def answer(model_dir: Path, question: str, image: Path | None = None, max_new_to
 
     img = _open_image(image) if image is not None else None  # a bad image fails before the model loads
     model = load_model(model_dir, device)
+    if forward_mode is not None:
+        from llava_fa.layers import set_forward_mode
+        set_forward_mode(model, forward_mode)
     processor = load_processor(model_dir)
     if processor is None:
         raise CheckpointError(f"{model_dir} has no processor or tokenizer files")

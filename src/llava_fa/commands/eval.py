@@ -52,6 +52,7 @@ def eval_command(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     vqa_root: Optional[Path] = typer.Option(None, "--vqa-root", help="easy-VQA data folder [default: the pinned asset]."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per forward pass."),
+    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help="How compressed layers run: cached (default), dequant, fused (affine), spectral (fourier)."),
 ) -> None:
     """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference."""
     from llava_fa.evaluation.runner import VQA_MODES, evaluate, print_result  # heavy imports: only when run
@@ -68,7 +69,7 @@ def eval_command(
         raise UserError(f"--device {device}: no CUDA device is available here. Fix: use --device cpu or auto")
     result = evaluate(model_dir, reference=reference, limit=limit, vqa_mode=vqa_mode, text_source=text,
                       seqlen=seqlen, ppl_windows=ppl_windows, device=device, dtype=dtype,
-                      vqa_root=vqa_root, batch_size=batch_size)
+                      vqa_root=vqa_root, batch_size=batch_size, forward_mode=forward_mode)
     print_result(result)
     if json_path is not None:
         write_json_atomic(json_path, result)

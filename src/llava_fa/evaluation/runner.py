@@ -64,19 +64,23 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
              vqa_mode: str = "fast", text_source: str | Path | None = None, seqlen: int = 2048,
              ppl_windows: int | None = None, device: str = "auto", dtype: str | torch.dtype = "auto",
              vqa_root: Path | None = None, batch_size: int = 16, fidelity_prompts: int = 64,
-             progress: bool = True) -> dict:
+             progress: bool = True, forward_mode: str | None = None) -> dict:
     """Size, WikiText-2 perplexity, easy-VQA accuracy and (with a reference) fidelity of a model.
 
     limit: first N easy-VQA test questions; ppl_windows: at most N perplexity windows (0 skips
     perplexity); vqa_mode: "fast", "generate" or "both"; fidelity uses the first
     min(limit, fidelity_prompts) questions. Text-only models skip VQA and measure fidelity on
-    WikiText paragraphs.
+    WikiText paragraphs. forward_mode: how the evaluated model's compressed layers run (see
+    `layers.set_forward_mode`; default: their own, "cached"); the reference is never changed.
     """
     if vqa_mode not in VQA_MODES:
         raise ValueError(f"unknown VQA mode {vqa_mode!r}; use one of {VQA_MODES}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     model, processor, multimodal = load_model(model_dir, dev, dt)
+    if forward_mode is not None:
+        from llava_fa.layers import set_forward_mode
+        set_forward_mode(model, forward_mode)
     ref = load_model(reference, dev, dt) if reference is not None else None
     image_fidelity = ref is not None and multimodal and ref[2]  # both models must take images
     result = {"model_dir": str(model_dir), "model_type": model.config.model_type, "multimodal": multimodal,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llava_fa.errors import ConfigError
+
 
 class CompressedLinear(nn.Module):
     format: ClassVar[str] = ""
@@ -88,3 +90,21 @@ class CompressedLinear(nn.Module):
         extra = ", ".join(f"{k}={v}" for k, v in self.params().items())
         shape = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         return f"{shape}, {extra}"
+
+
+def set_forward_mode(model: nn.Module, mode: str) -> int:
+    """Set `forward_mode` on every compressed layer of `model`; returns how many were set.
+
+    Every compressed layer must support `mode` (checked before any is changed). Dense copies cached
+    by an earlier "cached" pass are dropped, so "dequant" / "fused" really free that memory."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, CompressedLinear)]
+    unsupported = [(name, m) for name, m in layers if mode not in m.forward_modes]
+    if unsupported:
+        name, m = unsupported[0]
+        raise ConfigError(f"forward mode {mode!r} is not available for {len(unsupported)} of the {len(layers)} "
+                         f"compressed layers (e.g. {name}, format {m.format!r}, modes: {', '.join(m.forward_modes)}). "
+                         "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
+    for _, m in layers:
+        m.forward_mode = mode
+        m.__dict__.get("_cache", {}).clear()
+    return len(layers)
