@@ -48,7 +48,7 @@ if triton is not None:
     @triton.jit
     def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K: tl.constexpr, n_groups,
                               group_size, stride_xm, stride_om, row_codes,
-                              BITS: tl.constexpr, SYM: tl.constexpr,
+                              BITS: tl.constexpr, SYM: tl.constexpr, TILE_IN_GROUP: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # K is a constexpr (one compile per in_features, a handful per model): Triton 3.6's interpreter
         # cannot loop over a runtime bound, and a fixed trip count lets the compiler unroll.
@@ -64,31 +64,47 @@ if triton is not None:
             # shift the 8 codes out of it (k = 8 * chunk + position, the row-major order of the reshape)
             rc = k0 // 8 + tl.arange(0, BLOCK_K // 8)
             c_mask = (rc[:, None] < row_codes // 8) & (rn[None, :] < N)
-            word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
+            if BITS <= 4:  # 8 codes fit in 32 bits; 64-bit integer ops are slow on GPUs
+                word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int32)
+            else:
+                word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
             for j in tl.static_range(BITS):
                 byte = tl.load(qweight_ptr + rn[None, :] * (row_codes // 8 * BITS) + rc[:, None] * BITS + j,
                                mask=c_mask, other=0)
-                word |= byte.to(tl.int64) << (8 * j)
+                word |= byte.to(word.dtype) << (8 * j)
             position = tl.arange(0, 8)
             codes = (word[:, None, :] >> (position[None, :, None] * BITS)) & ((1 << BITS) - 1)
             codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.int32)
-            group = rn[None, :] * n_groups + rk[:, None] // group_size
-            scale = tl.load(scales_ptr + group, mask=w_mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
-            if SYM:
-                zero = 1 << (BITS - 1)
+            if TILE_IN_GROUP:  # the whole K tile shares one group per row: one scale and zero per column
+                group_n = rn * n_groups + k0 // group_size
+                scale = tl.load(scales_ptr + group_n, mask=rn < N, other=0).to(tl.float16, bitcast=True)
+                if SYM:
+                    zero = 1 << (BITS - 1)
+                else:
+                    zero = _unpack(qzeros_ptr, group_n, BITS, rn < N)[None, :]
+                w = scale.to(tl.float32)[None, :] * (codes - zero).to(tl.float32)
             else:
-                zero = _unpack(qzeros_ptr, group, BITS, w_mask)
-            w = scale * (codes - zero).to(tl.float32)
+                group = rn[None, :] * n_groups + rk[:, None] // group_size
+                scale = tl.load(scales_ptr + group, mask=w_mask, other=0).to(tl.float16, bitcast=True)
+                if SYM:
+                    zero = 1 << (BITS - 1)
+                else:
+                    zero = _unpack(qzeros_ptr, group, BITS, w_mask)
+                w = scale.to(tl.float32) * (codes - zero).to(tl.float32)
             acc += tl.dot(x, w.to(x.dtype))
         tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def default_blocks(m: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) by the number of tokens. tl.dot wants at least 16 rows, so a
-    decode step (m = 1) pays for padding in compute, not in reads; narrow N tiles give it enough
-    programs to fill the GPU. `scripts/bench_kernels.py` measures these against other tiles."""
-    return (16, 32, 128) if m <= 16 else (64, 64, 64)
+def default_blocks(m: int, group_size: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) by the number of tokens and the group size. tl.dot wants at
+    least 16 rows, so a decode step (m = 1) pays for padding in compute, not in reads; narrow N
+    tiles give it enough programs to fill the GPU. A K tile inside one group reads one scale and
+    zero per output instead of one per weight. `scripts/bench_kernels.py` measures other tiles."""
+    block_m, block_n, block_k = (16, 32, 128) if m <= 16 else (64, 64, 64)
+    while block_k > 32 and group_size % block_k:
+        block_k //= 2
+    return block_m, block_n, block_k
 
 
 def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor | None,
@@ -104,10 +120,11 @@ def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
         x2 = x2.contiguous()
     m, n = x2.shape[0], out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    block_m, block_n, block_k = blocks or default_blocks(m)
+    block_m, block_n, block_k = blocks or default_blocks(m, group_size)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _affine_matmul_kernel[grid](
         x2, qweight, scales, qweight if qzeros is None else qzeros, out, m, n, k, scales.shape[1], group_size,
         x2.stride(0), out.stride(0), qweight.shape[1] // bits * 8,
-        BITS=bits, SYM=qzeros is None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        BITS=bits, SYM=qzeros is None, TILE_IN_GROUP=group_size % block_k == 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out.reshape(*lead, n)
