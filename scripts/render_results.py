@@ -595,7 +595,7 @@ def kernel_section() -> list[str]:
         vals = [float(r[col]) for r in rows if (r[2] in ("1", "16")) == decode]
         return f"{min(vals):.2f}-{max(vals):.2f}x"
     return ["", "## Inference from the packed codes: the fused `affine` kernel on an H100", "",
-            "`PYTHONPATH=src python scripts/bench_kernels.py --group-size 64 --reps 100` (random weights; the kernel "
+            "`PYTHONPATH=src python scripts/bench_kernels.py --reps 100` (random weights; the kernel "
             "is `src/llava_fa/kernels/affine_matmul.py`, `forward_mode = \"fused\"` on `affine` layers). It never "
             f"forms W and runs {span(8, True)} faster than the unfused `dequant` mode at 1-16 tokens "
             f"({span(8, False)} at 256), the mode with the same memory promise. It is not faster than a dense "
