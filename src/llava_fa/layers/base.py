@@ -98,12 +98,15 @@ def set_forward_mode(model: nn.Module, mode: str) -> int:
     Every compressed layer must support `mode` (checked before any is changed). Dense copies cached
     by an earlier "cached" pass are dropped, so "dequant" / "fused" really free that memory."""
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, CompressedLinear)]
+    if not layers:
+        raise ConfigError(f"forward mode {mode!r}: the model has no compressed layers. Fix: pass a checkpoint "
+                          "written by `llava-fa compress`, or drop the forward mode.")
     unsupported = [(name, m) for name, m in layers if mode not in m.forward_modes]
     if unsupported:
         name, m = unsupported[0]
         raise ConfigError(f"forward mode {mode!r} is not available for {len(unsupported)} of the {len(layers)} "
-                         f"compressed layers (e.g. {name}, format {m.format!r}, modes: {', '.join(m.forward_modes)}). "
-                         "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
+                          f"compressed layers (e.g. {name}, format {m.format!r}, modes: {', '.join(m.forward_modes)}). "
+                          "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
     for _, m in layers:
         m.forward_mode = mode
         m.__dict__.get("_cache", {}).clear()
