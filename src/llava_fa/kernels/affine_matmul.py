@@ -2,12 +2,12 @@
 
 The dense weight is never formed: each tile of W is unpacked from `qweight` (8 codes of `bits`
 bits in `bits` bytes, see `quantizers.pack`), its float16 scales and packed zeros are read, and
-`scale * (code - zero)` goes into a `tl.dot` with the activation tile. Decoding is memory-bound,
-so reading 2-4 bits instead of 16 per weight is where the speed comes from; prefill (many tokens)
-is compute-bound and cuBLAS on the cached dense weight stays faster there (see
-`scripts/bench_kernels.py`).
+`scale * (code - zero)` goes into a `tl.dot` with the activation tile. It is a memory mode: on an
+H100 it is 5-20x faster than dequantizing per call but slower than cuBLAS on a cached dense float16
+weight, even when decoding (the row-packed bytes are gathered, not streamed; see
+`scripts/bench_kernels.py` and docs/RESULTS.md).
 
-Triton is imported lazily: on a machine without it (CI, CPU-only torch) `available()` is False
+Triton is an optional import: on a machine without it (CI, CPU-only torch) `available()` is False
 and `AffineLinear` falls back to its unfused paths. `TRITON_INTERPRET=1` runs the kernel on CPU
 tensors (slowly), which is how the CPU tests check it when Triton is installed.
 """
