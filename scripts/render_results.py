@@ -15,6 +15,7 @@ test split, all of WikiText-2, fidelity against the uncompressed testbed) and NA
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 from pathlib import Path
@@ -136,6 +137,7 @@ def compress_seconds(name: str) -> float:
     return json.loads((RESULTS / f"{name}.report.json").read_text())["wall_seconds"]
 
 
+@functools.cache  # the analysis reads the same records many times
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -47,7 +47,7 @@ if triton is not None:
 
     @triton.jit
     def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K: tl.constexpr, n_groups,
-                              group_size, stride_xm, stride_om, row_codes,
+                              group_size, stride_xm, stride_om, row_bytes,
                               BITS: tl.constexpr, SYM: tl.constexpr, TILE_IN_GROUP: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # K is a constexpr (one compile per in_features, a handful per model): Triton 3.6's interpreter
@@ -63,13 +63,13 @@ if triton is not None:
             # 8 codes sit in BITS consecutive bytes: gather each chunk's bytes into one word, then
             # shift the 8 codes out of it (k = 8 * chunk + position, the row-major order of the reshape)
             rc = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            c_mask = (rc[:, None] < row_codes // 8) & (rn[None, :] < N)
+            c_mask = (rc[:, None] < row_bytes // BITS) & (rn[None, :] < N)
             if BITS <= 4:  # 8 codes fit in 32 bits; 64-bit integer ops are slow on GPUs
                 word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int32)
             else:
                 word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
             for j in tl.static_range(BITS):
-                byte = tl.load(qweight_ptr + rn[None, :] * (row_codes // 8 * BITS) + rc[:, None] * BITS + j,
+                byte = tl.load(qweight_ptr + rn[None, :] * row_bytes + rc[:, None] * BITS + j,
                                mask=c_mask, other=0)
                 word |= byte.to(word.dtype) << (8 * j)
             position = tl.arange(0, 8)
@@ -124,7 +124,7 @@ def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _affine_matmul_kernel[grid](
         x2, qweight, scales, qweight if qzeros is None else qzeros, out, m, n, k, scales.shape[1], group_size,
-        x2.stride(0), out.stride(0), qweight.shape[1] // bits * 8,
+        x2.stride(0), out.stride(0), qweight.shape[1],
         BITS=bits, SYM=qzeros is None, TILE_IN_GROUP=group_size % block_k == 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out.reshape(*lead, n)
