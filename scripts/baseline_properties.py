@@ -61,7 +61,7 @@ def collect(model, names: list[str], samples: list[dict]):
     """Per-modality X^T X and sum x^2 of each named linear over the samples (one pass, stopped after
     the last decoder layer that holds a target)."""
     from llava_fa.calibration.stats import StatsCollector
-    from llava_fa.methods.base import SQ, XTX
+    from llava_fa.calibration.stats import SQ, XTX
     from llava_fa.pipeline import image_token_id
 
     class Stop(Exception):

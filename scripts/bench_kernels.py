@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from llava_fa.kernels import affine_matmul as km
-from llava_fa.layers import AffineLinear
+from llava_fa.formats import AffineLinear
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 SHAPES = [(1536, 576), (4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in): testbed MLP, 7B-sized layers

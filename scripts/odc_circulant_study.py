@@ -41,7 +41,7 @@ def cv(v: torch.Tensor) -> float:
 
 def option_b(W: torch.Tensor, reference_layer, lam: torch.Tensor, alpha: float) -> torch.Tensor:
     """W' from PolarQuant of the rfft2 spectrum with its columns scaled by lambda_k^(alpha/2)."""
-    from llava_fa.layers.fourier import FourierLinear
+    from llava_fa.formats.fourier import FourierLinear
     from llava_fa.transforms import fourier as ft
 
     p = reference_layer.params()

@@ -222,7 +222,7 @@ def bench_section(folder: Path) -> list[str]:
 def codes_only_note() -> str:
     """bpw of the sign codes alone, from the reports' itemized bits (runs made after the reports
     itemized them), else a pointer to the layer study that itemizes them."""
-    from llava_fa.layers.binary import CODE_BUFFERS
+    from llava_fa.formats.binary import CODE_BUFFERS
 
     parts = []
     for _, name, _f in RUNS:
@@ -241,7 +241,7 @@ def codes_only_note() -> str:
 def cpu_binary_section() -> list[str]:
     """Compression of the whole testbed on 2 CPU cores with the binarization family (compress reports
     in docs/results/testbed_cpu/), with bpw counted every way."""
-    from llava_fa.layers.binary import CODE_BUFFERS, MASK_BUFFERS
+    from llava_fa.formats.binary import CODE_BUFFERS, MASK_BUFFERS
 
     folder = ROOT / "docs" / "results" / "testbed_cpu"
     reports = sorted(folder.glob("*.report.json"))

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from llava_fa.layers import AffineLinear
+from llava_fa.formats import AffineLinear
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None

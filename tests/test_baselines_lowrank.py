@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llava_fa.layers import get_format
-from llava_fa.layers.lowrank import LowRankLinear, layout_bits, max_rank_for_bits
+from llava_fa.formats import get_format
+from llava_fa.formats.lowrank import LowRankLinear, layout_bits, max_rank_for_bits
 from llava_fa.methods import LayerStats, build_config, get_method
 
 

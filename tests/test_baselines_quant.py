@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from llava_fa.layers import get_format
+from llava_fa.formats import get_format
 from llava_fa.methods import LayerStats, build_config, get_method
-from llava_fa.methods.hadamard import random_signs, rotate_hessian, rotate_weight, unrotate_weight
+from llava_fa.transforms.hadamard import random_signs, rotate_hessian, rotate_weight, unrotate_weight
 from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
 
 

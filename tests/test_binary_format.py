@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llava_fa.layers.binary import BinaryLinear, BinaryParts, reconstruct, round_parts
-from llava_fa.layers.registry import get_format
+from llava_fa.formats.binary import BinaryLinear, BinaryParts, reconstruct, round_parts
+from llava_fa.formats.registry import get_format
 
 
 def _parts(out_f=12, in_f=200, bs=64, *, bitmap=True, salient=True, means=True, col=True, outliers=0.0, seed=0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llava_fa.layers.binary import BinaryLinear
+from llava_fa.formats.binary import BinaryLinear
 from llava_fa.methods import LayerStats, build_config, get_method
 from llava_fa.quantizers.binarize import (blocked_binarize, concat_parts, fit_arb, fit_mean_scale, rc_update_cols,
                                           rc_update_rows)

@@ -12,7 +12,7 @@ import compress_fixtures as F
 import llava_fa  # noqa: F401  (registers the quantizer with transformers)
 from llava_fa.errors import CheckpointError
 from llava_fa.io.checkpoint import (MANIFEST, load_model, quantization_config, read_header, save_compressed)
-from llava_fa.layers import AffineLinear
+from llava_fa.formats import AffineLinear
 from llava_fa.methods import build_config, get_method
 from llava_fa.pipeline import compress_model, default_patterns, find_parts, select
 

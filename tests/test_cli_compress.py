@@ -8,7 +8,7 @@ from PIL import Image
 
 import compress_fixtures as F
 import llava_fa.cli as cli
-from llava_fa.layers import AffineLinear
+from llava_fa.formats import AffineLinear
 
 
 def _register_mine():

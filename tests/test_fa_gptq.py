@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.fourier import FourierLinear
+from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods import LayerStats, build_config, get_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")

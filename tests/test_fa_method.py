@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.fourier import FourierLinear
+from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods import LayerStats, available_methods, build_config, get_method
 from llava_fa.methods.fa import column_scales, fit_layer, plan_layer
 

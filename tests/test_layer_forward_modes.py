@@ -36,7 +36,7 @@ def test_cache_is_dropped_when_weights_change():
 
 def test_set_forward_mode_on_a_model_checks_every_layer_and_drops_caches():
     from llava_fa.errors import ConfigError
-    from llava_fa.layers import set_forward_mode
+    from llava_fa.formats import set_forward_mode
 
     torch.manual_seed(0)
     rtn = get_method("rtn")(build_config("rtn", {"bits": 4, "group_size": 16}))

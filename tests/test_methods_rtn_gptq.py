@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llava_fa.errors import ConfigError, DataError
-from llava_fa.layers import AffineLinear
+from llava_fa.formats import AffineLinear
 from llava_fa.methods import (LayerStats, Method, MethodConfig, available_methods, build_config, get_method,
                               register_method)
 from llava_fa.methods.gptq import gptq_quantize

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llava_fa.layers import AffineLinear, CompressedLinear, get_format
+from llava_fa.formats import AffineLinear, CompressedLinear, get_format
 from llava_fa.quantizers import (AffineSpec, dequantize_grouped, fit, pack, packed_width, quantize_grouped,
                                  resolve_group_size, unpack)
 

@@ -1,4 +1,5 @@
-"""Forward hooks that accumulate per-layer input statistics, split by token modality.
+"""Per-layer input statistics (`LayerStats`), split by token modality, and the forward hooks that
+accumulate them (`StatsCollector`).
 
 The pipeline sets `image_mask` (True at image-token positions, shape (batch, seq)) before each
 forward; modules whose inputs are all image features (vision tower, projector) are registered
@@ -8,10 +9,68 @@ the product once per forward and share it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from llava_fa.methods.base import MODALITIES, SQ, XTX, LayerStats
+from llava_fa.errors import ConfigError
+
+
+# Statistics a method may ask for, per linear layer input x (one row per token):
+XTX = "xtx"  # sum of x x^T: the (unnormalized) Hessian of GPTQ-style objectives
+SQ = "sq"  # sum of x^2 per input channel: the diagonal alone, far cheaper for wide layers
+STATS = (XTX, SQ)
+MODALITIES = ("text", "image")
+
+
+@dataclass
+class LayerStats:
+    """Input statistics of one linear layer, kept separately for text and image token positions."""
+
+    in_features: int
+    xtx: dict[str, torch.Tensor] = field(default_factory=dict)
+    sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODALITIES})
+
+    def _pick(self, modality: str) -> tuple[str, ...]:
+        if modality == "all":
+            return MODALITIES
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown modality {modality!r}; use all, text or image")
+        return (modality,)
+
+    def count(self, modality: str = "all") -> int:
+        return sum(self.tokens[m] for m in self._pick(modality))
+
+    def xtx_sum(self, modality: str = "all") -> torch.Tensor:
+        mods = [m for m in self._pick(modality) if m in self.xtx]
+        if not mods:
+            raise ConfigError(f"no X^T X was collected for {modality} tokens")
+        return sum(self.xtx[m] for m in mods)
+
+    def hessian(self, modality: str = "all") -> torch.Tensor:
+        """GPTQ's H = 2/N sum x x^T over the tokens of `modality` ("all", "text", "image")."""
+        n = self.count(modality)
+        if n == 0:
+            raise ConfigError(f"the calibration data held no {modality} tokens for this layer")
+        return self.xtx_sum(modality) * (2.0 / n)
+
+    def mean_sq(self, modality: str = "all") -> torch.Tensor:
+        """Mean of x^2 per input channel (from `sq`, or the diagonal of `xtx`)."""
+        n = self.count(modality)
+        if n == 0:
+            raise ConfigError(f"the calibration data held no {modality} tokens for this layer")
+        mods = self._pick(modality)
+        if all(m in self.sq for m in mods):
+            return sum(self.sq[m] for m in mods) / n
+        return torch.diagonal(self.xtx_sum(modality)) / n
+
+    def to(self, device: torch.device | str) -> "LayerStats":
+        return LayerStats(self.in_features, {k: v.to(device) for k, v in self.xtx.items()},
+                          {k: v.to(device) for k, v in self.sq.items()}, dict(self.tokens))
+
+
 
 
 class StatsCollector:

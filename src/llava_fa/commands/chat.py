@@ -41,7 +41,7 @@ def answer(model_dir: Path, question: str, image: Path | None = None, max_new_to
     img = _open_image(image) if image is not None else None  # a bad image fails before the model loads
     model = load_model(model_dir, device)
     if forward_mode is not None:
-        from llava_fa.layers import set_forward_mode
+        from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
     processor = load_processor(model_dir)
     if processor is None:

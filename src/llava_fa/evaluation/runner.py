@@ -79,7 +79,7 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     dt = resolve_dtype(dtype, dev)
     model, processor, multimodal = load_model(model_dir, dev, dt)
     if forward_mode is not None:
-        from llava_fa.layers import set_forward_mode
+        from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
     ref = load_model(reference, dev, dt) if reference is not None else None
     image_fidelity = ref is not None and multimodal and ref[2]  # both models must take images

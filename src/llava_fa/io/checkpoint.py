@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from llava_fa.errors import CheckpointError
-from llava_fa.layers import CompressedLinear, get_format
+from llava_fa.formats import CompressedLinear, get_format
 
 log = logging.getLogger("llava_fa")
 

@@ -1,13 +1,12 @@
 """Compression methods: one subpackage per method (config dataclass, implementation, registration).
 
-Adding a method means adding a folder here; `discover()` imports every subpackage.
+Adding a method means adding a folder here; `discover()` imports every subpackage. Methods take the
+statistics of `llava_fa.calibration.stats` and return modules of a format in `llava_fa.formats`.
 """
 
+from llava_fa.calibration.stats import LayerStats
 from llava_fa.methods.base import (
     METHODS,
-    SQ,
-    XTX,
-    LayerStats,
     Method,
     MethodConfig,
     available_methods,
@@ -17,5 +16,5 @@ from llava_fa.methods.base import (
     register_method,
 )
 
-__all__ = ["METHODS", "SQ", "XTX", "LayerStats", "Method", "MethodConfig", "available_methods", "build_config",
-           "discover", "get_method", "register_method"]
+__all__ = ["METHODS", "LayerStats", "Method", "MethodConfig", "available_methods", "build_config", "discover",
+           "get_method", "register_method"]

@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.binary import BinaryLinear, BinaryParts
-from llava_fa.methods.base import LayerStats, Method, MethodConfig
+from llava_fa.formats.binary import BinaryLinear, BinaryParts
+from llava_fa.calibration.stats import LayerStats
+from llava_fa.methods.base import Method, MethodConfig
 from llava_fa.quantizers.binarize import blocked_binarize, concat_parts, family_block
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-_F16 = torch.finfo(torch.float16)
+from llava_fa.quantizers.float16 import f16_up
+
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def fit(w: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, to
         lo = -hi
     else:
         hi = torch.where(hi == lo, torch.ones_like(hi), hi)
-    scale = _ceil_f16(((hi - lo) / maxq).clamp(_F16.tiny, _F16.max))
+    scale = f16_up((hi - lo) / maxq)
     if sym:
         zero = torch.full_like(scale, (maxq + 1) // 2)
     else:
@@ -74,12 +75,6 @@ def fit(w: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, to
     return scale, zero
 
 
-def _ceil_f16(x: torch.Tensor) -> torch.Tensor:
-    """Round up to float16: a scale rounded down would shrink the grid and clip the extremes
-    (by up to 2^b * 2^-11 steps at 8 bits)."""
-    h = x.half()
-    up = torch.nextafter(h, torch.full_like(h, _F16.max))
-    return torch.where(h.float() < x, up, h).float()
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:

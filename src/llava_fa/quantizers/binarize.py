@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from llava_fa.errors import DataError
-from llava_fa.layers.binary import BinaryParts, reconstruct, round_parts
+from llava_fa.formats.binary import BinaryParts, reconstruct, round_parts
 
 EPS = 1e-12
 

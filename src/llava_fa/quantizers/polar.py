@@ -29,32 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-_F16 = torch.finfo(torch.float16)
-
-
-# --- float16 storage -----------------------------------------------------------------------------
-
-def f16_up(x: torch.Tensor) -> torch.Tensor:
-    """Round positive scales up to float16 (rounded down, the grid would clip the group's max)."""
-    x = x.float().clamp(_F16.tiny, _F16.max)
-    h = x.half()
-    up = torch.nextafter(h, torch.full_like(h, _F16.max))
-    return torch.where(h.float() < x, up, h).float()
-
-
-def f16_round(x: torch.Tensor) -> torch.Tensor:
-    """Nearest float16 (clamped to its range), as float32."""
-    return x.float().clamp(-_F16.max, _F16.max).half().float()
-
-
-def to_bits(x: torch.Tensor) -> torch.Tensor:
-    """float16 bit patterns as int16: a `model.to(dtype)` cannot widen them (as in `affine`)."""
-    return x.float().clamp(-_F16.max, _F16.max).half().view(torch.int16).contiguous()
-
-
-def from_bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.float16).float()
-
+from llava_fa.quantizers.float16 import f16_round, f16_up, from_bits, to_bits  # noqa: F401
 
 # --- groups --------------------------------------------------------------------------------------
 

@@ -211,7 +211,7 @@ def fill(vc: torch.Tensor | None, vr: torch.Tensor | None, m: int, n: int, mode:
     For rfft2 the rows m//2+1.. of the self-conjugate columns are filled with the conjugate mirror,
     so the grid is a valid spectrum. With `weighted`, entries are multiplied by their Parseval
     weight and the mirror is left empty instead: the form the spectral forward pass multiplies
-    with (Re(ifft(column)) of that grid equals ifft of the mirrored column; see layers/fourier.py).
+    with (Re(ifft(column)) of that grid equals ifft of the mirrored column; see formats/fourier.py).
     """
     cmask, rmask = stored_masks(m, n, mode, (vc if vc is not None else vr).device)
     wc, wr = entry_weights(mode)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llava_fa.methods.base import XTX, register_method
+from llava_fa.calibration.stats import XTX
+from llava_fa.methods.base import register_method
 from llava_fa.methods.binary_common import BinaryConfig, FamilyMethod
 
 

@@ -19,8 +19,9 @@ from typing import Literal
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.lowrank import LowRankLinear, max_rank_for_bits, split_svd
-from llava_fa.methods.base import SQ, LayerStats, Method, MethodConfig, register_method
+from llava_fa.formats.lowrank import LowRankLinear, max_rank_for_bits, split_svd
+from llava_fa.calibration.stats import SQ, LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 
 
 @dataclass

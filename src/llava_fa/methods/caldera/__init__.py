@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.lowrank import LowRankLinear, factor_group
-from llava_fa.methods.base import XTX, LayerStats, Method, MethodConfig, register_method
+from llava_fa.formats.lowrank import LowRankLinear, factor_group
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.methods.common import check_affine_options, check_group_divides
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.methods.svd_llm import whitened_factors

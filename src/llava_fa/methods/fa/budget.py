@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.fourier import Layout
+from llava_fa.formats.fourier import Layout
 from llava_fa.methods.fa.config import DEFAULT_RANK, FAConfig
 from llava_fa.transforms.fourier import spectrum_shape
 

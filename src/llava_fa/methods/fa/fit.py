@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llava_fa.layers.fourier import FourierLinear
+from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods.fa.lowrank import fourier_svd
 from llava_fa.transforms import fourier as ft
 

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.fourier import FourierLinear
-from llava_fa.methods.base import SQ, LayerStats, Method, register_method
+from llava_fa.formats.fourier import FourierLinear
+from llava_fa.calibration.stats import SQ, LayerStats
+from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.fa.budget import plan_layer
 from llava_fa.methods.fa.config import FAConfig
 from llava_fa.methods.fa.fit import fit_layer

@@ -23,14 +23,14 @@ from __future__ import annotations
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.methods.base import LayerStats
+from llava_fa.quantizers.float16 import F16, f16_round
+from llava_fa.calibration.stats import LayerStats
 
-_F16_MIN, _F16_MAX = 2.0 ** -14, 65504.0
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     v = v / torch.exp(torch.log(v).mean())
-    return v.clamp(_F16_MIN, _F16_MAX).half().float()
+    return f16_round(v.clamp_min(F16.tiny))
 
 
 def _floor(v: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.fourier import FourierLinear
-from llava_fa.methods.base import XTX, LayerStats, Method, MethodConfig, register_method
+from llava_fa.formats.fourier import FourierLinear
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.quantizers.binarize import prepare_hessian
 from llava_fa.quantizers.packing import pack
 from llava_fa.quantizers.polar import (f16_up, midrise_codes, midrise_values, polar_quantize, polar_round,

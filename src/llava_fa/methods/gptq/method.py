@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError, DataError
-from llava_fa.layers import AffineLinear
-from llava_fa.methods.base import XTX, LayerStats, Method, register_method
+from llava_fa.formats import AffineLinear
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.common import check_group_divides
 from llava_fa.methods.gptq.config import GPTQConfig
 from llava_fa.quantizers import dequantize, fit, quantize, resolve_group_size

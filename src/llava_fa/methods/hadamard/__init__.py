@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.methods.base import XTX, LayerStats, Method, MethodConfig, register_method
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.methods.common import check_affine_options, check_group_divides
 from llava_fa.methods.gptq import gptq_quantize
-from llava_fa.methods.hadamard.format import (HadamardLinear, fwht, hadamard_block, random_signs, rotate_hessian,
-                                              rotate_weight, unrotate_weight)
+from llava_fa.formats.hadamard import HadamardLinear
+from llava_fa.transforms.hadamard import (fwht, hadamard_block, random_signs, rotate_hessian, rotate_weight,
+                                           unrotate_weight)
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 __all__ = ["HadamardConfig", "Hadamard", "HadamardLinear", "fwht", "hadamard_block", "random_signs",

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers import AffineLinear
-from llava_fa.methods.base import LayerStats, Method, MethodConfig, register_method
+from llava_fa.formats import AffineLinear
+from llava_fa.calibration.stats import LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.methods.common import check_affine_options, check_group_divides
 from llava_fa.quantizers import fit, resolve_group_size
-from llava_fa.quantizers.affine import _ceil_f16
+from llava_fa.quantizers.float16 import F16 as _F16, f16_up
 
-_F16 = torch.finfo(torch.float16)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def hqq_quantize(weight: torch.Tensor, bits: int, group_size: int, lp_norm: floa
     cands = [(s0[..., None], z0[..., None]), (s, zi), (s_ls, zi)]
     best = None
     for cs, cz in cands:
-        cs = _ceil_f16(cs.clamp(_F16.tiny, _F16.max))
+        cs = f16_up(cs)
         cq = _codes(W, cs, cz, maxq)
         e = (W - cs * (cq - cz)).abs().mean(-1, keepdim=True)
         if best is None:

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.lowrank import LowRankLinear, split_svd
+from llava_fa.formats.lowrank import LowRankLinear, split_svd
 from llava_fa.methods.asvd import channel_scale
-from llava_fa.methods.base import SQ, LayerStats, Method, MethodConfig, register_method
+from llava_fa.calibration.stats import SQ, LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.methods.common import check_affine_options, check_group_divides
 from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.binary import BinaryLinear
-from llava_fa.methods.base import XTX, LayerStats, Method, register_method
+from llava_fa.formats.binary import BinaryLinear
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.binary_common import BinaryConfig, hessian_or_none
 from llava_fa.quantizers.binarize import blocked_binarize, concat_parts, pb_block
 

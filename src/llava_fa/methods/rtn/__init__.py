@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llava_fa.layers import AffineLinear
-from llava_fa.methods.base import LayerStats, Method, MethodConfig, register_method
+from llava_fa.formats import AffineLinear
+from llava_fa.calibration.stats import LayerStats
+from llava_fa.methods.base import Method, MethodConfig, register_method
 from llava_fa.methods.common import check_affine_options, check_group_divides
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from llava_fa.errors import ConfigError
-from llava_fa.layers.binary import BinaryLinear
-from llava_fa.methods.base import XTX, LayerStats, register_method
+from llava_fa.formats.binary import BinaryLinear
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import register_method
 from llava_fa.methods.binary_common import BinaryConfig, FamilyMethod
 from llava_fa.quantizers.binarize import blocked_binarize, concat_parts, family_block
 

@@ -17,9 +17,10 @@ from typing import Literal
 import torch
 
 from llava_fa.errors import ConfigError, DataError
-from llava_fa.layers.lowrank import LowRankLinear, split_svd
+from llava_fa.formats.lowrank import LowRankLinear, split_svd
 from llava_fa.methods.asvd import RankOptions
-from llava_fa.methods.base import XTX, LayerStats, Method, register_method
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method, register_method
 
 
 @dataclass

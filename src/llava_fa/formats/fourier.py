@@ -22,7 +22,7 @@ stored entries within one row of the grid (a row's last group may be shorter); t
 entries of rfft/rfft2 form groups of consecutive entries across rows.
 
 Forward passes (attribute `forward_mode`, a runtime choice, not stored):
-- "cached" (default) and "dequant": as for every format (layers/base.py); "cached" rebuilds the
+- "cached" (default) and "dequant": as for every format (formats/base.py); "cached" rebuilds the
   dense weight once per device/dtype and keeps it as a plain attribute
   (not in the state_dict; dropped on load_state_dict and on .to()).
 - "spectral": never forms W. With X = rfft(x / c) (fft for fft2), y = Re(ifft_m(conj(X) Q_w^T +
@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from llava_fa.layers.base import CompressedLinear
-from llava_fa.layers.registry import register_format
+from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.registry import register_format
 from llava_fa.quantizers.packing import pack, packed_width, unpack
 from llava_fa.quantizers.polar import (
     Groups,

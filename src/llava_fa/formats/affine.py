@@ -7,7 +7,7 @@ Stored tensors (b = bits, G = in_features / group_size groups per row):
   bits per weight or the rounding the method optimized against);
 - `qzeros` uint8 (ceil(out*G/8)*b,): zero points packed as one stream (absent when `sym`).
 
-Forward modes: "cached" and "dequant" as for every format (layers/base.py), and "fused": one Triton
+Forward modes: "cached" and "dequant" as for every format (formats/base.py), and "fused": one Triton
 kernel unpacks each tile of codes and multiplies it (`kernels/affine_matmul.py`), so W is never
 formed; where Triton cannot run (CPU tensors, CPU builds of torch) "fused" computes what "dequant"
 does, which keeps the same memory promise.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from llava_fa.kernels import affine_matmul
-from llava_fa.layers.base import CompressedLinear
-from llava_fa.layers.registry import register_format
+from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.registry import register_format
 from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
 
 

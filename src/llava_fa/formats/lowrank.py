@@ -2,7 +2,7 @@
 
 Used by the low-rank baselines (asvd, svd-llm: no base; lqer, caldera: with a base).
 
-- `Q` (optional, `base_bits` > 0): affine codes as in the `affine` format (layers/affine.py):
+- `Q` (optional, `base_bits` > 0): affine codes as in the `affine` format (formats/affine.py):
   `q_weight` uint8 (m, ceil(n/8)*b), `q_scales` int16 (m, n/base_group_size) float16 bit patterns,
   `q_zeros` uint8 (packed integer zeros, absent when `base_sym`);
 - `A` (m x r), `B` (r x n):
@@ -24,21 +24,11 @@ from typing import Any
 
 import torch
 
-from llava_fa.layers.base import CompressedLinear
-from llava_fa.layers.registry import register_format
+from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.registry import register_format
+from llava_fa.quantizers.float16 import f16_round, from_bits, to_bits
 from llava_fa.quantizers import (AffineSpec, dequantize_grouped, pack, packed_width, quantize_grouped,
                                  resolve_group_size, unpack)
-
-_F16 = torch.finfo(torch.float16)
-
-
-def _f16_bits(x: torch.Tensor) -> torch.Tensor:
-    return x.float().clamp(-_F16.max, _F16.max).half().view(torch.int16).contiguous()
-
-
-def _from_bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.float16).float()
-
 
 def factor_group(group_size: int, width: int) -> int:
     """A factor's group size for a row of `width`: `group_size` if it divides it, else the whole row."""
@@ -134,7 +124,7 @@ class LowRankLinear(CompressedLinear):
         if rank:
             mod.set_factors(A, B)
         if col_scale is not None:
-            mod.col_scale = _f16_bits(col_scale)
+            mod.col_scale = to_bits(col_scale)
         if bias is not None:
             mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         return mod
@@ -142,26 +132,26 @@ class LowRankLinear(CompressedLinear):
     def set_base(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         b = self._params["base_bits"]
         self.q_weight = pack(codes.to(torch.int64), b)
-        self.q_scales = _f16_bits(scale)
+        self.q_scales = to_bits(scale)
         if not self._params["base_sym"]:
             self.q_zeros = pack(zero.reshape(-1).round().to(torch.int64), b)
 
     def set_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
         p = self._params
         if p["lr_bits"] == 16:
-            self.lr_a, self.lr_b = _f16_bits(A), _f16_bits(B)
+            self.lr_a, self.lr_b = to_bits(A), to_bits(B)
             return
         for name, T, g in (("lr_a", A.T, p["a_group"]), ("lr_b", B, p["b_group"])):
             codes, scale, zero = quantize_factor(T, p["lr_bits"], g)
             setattr(self, name, pack(codes, p["lr_bits"]))
-            setattr(self, f"{name}_scales", _f16_bits(scale))
+            setattr(self, f"{name}_scales", to_bits(scale))
             setattr(self, f"{name}_zeros", pack(zero.reshape(-1).round().to(torch.int64), p["lr_bits"]))
 
     def set_factor_codes(self, name: str, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Store codes chosen by the method (e.g. GPTQ) for `lr_a` (codes of A^T, (r, m)) or `lr_b` (r, n)."""
         bits = self._params["lr_bits"]
         setattr(self, name, pack(codes.to(torch.int64), bits))
-        setattr(self, f"{name}_scales", _f16_bits(scale))
+        setattr(self, f"{name}_scales", to_bits(scale))
         setattr(self, f"{name}_zeros", pack(zero.reshape(-1).round().to(torch.int64), bits))
 
     # --- decode --------------------------------------------------------------------------------------
@@ -170,7 +160,7 @@ class LowRankLinear(CompressedLinear):
         if not p["base_bits"]:
             return None
         b, n = p["base_bits"], self.in_features
-        scale = _from_bits(self.q_scales)
+        scale = from_bits(self.q_scales)
         if p["base_sym"]:
             zero = torch.full_like(scale, 1 << (b - 1))
         else:
@@ -183,10 +173,10 @@ class LowRankLinear(CompressedLinear):
         if not p["rank"]:
             return None
         if p["lr_bits"] == 16:
-            return _from_bits(self.lr_a), _from_bits(self.lr_b)
+            return from_bits(self.lr_a), from_bits(self.lr_b)
         out = []
         for name, width in (("lr_a", self.out_features), ("lr_b", self.in_features)):
-            scale = _from_bits(getattr(self, f"{name}_scales"))
+            scale = from_bits(getattr(self, f"{name}_scales"))
             zero = unpack(getattr(self, f"{name}_zeros"), p["lr_bits"], scale.numel()).reshape(scale.shape).float()
             out.append(dequantize_grouped(unpack(getattr(self, name), p["lr_bits"], width), scale, zero))
         return out[0].T.contiguous(), out[1]
@@ -197,7 +187,7 @@ class LowRankLinear(CompressedLinear):
             return None
         L = f[0] @ f[1]
         if self._params["col_scale"]:
-            L = L / _from_bits(self.col_scale)[None, :]
+            L = L / from_bits(self.col_scale)[None, :]
         return L
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -220,7 +210,7 @@ def quantize_factor(T: torch.Tensor, bits: int, group: int) -> tuple[torch.Tenso
 def fake_quantize_factor(T: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """What a factor (r, width) reads back as after storage (float16 round trip at 16 bits)."""
     if bits == 16:
-        return T.float().clamp(-_F16.max, _F16.max).half().float()
+        return f16_round(T)
     return dequantize_grouped(*quantize_factor(T, bits, group))
 
 

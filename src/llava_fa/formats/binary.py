@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from llava_fa.layers.base import CompressedLinear
-from llava_fa.layers.registry import register_format
+from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.registry import register_format
+from llava_fa.quantizers.float16 import from_bits, to_bits
 from llava_fa.quantizers.packing import pack, packed_width, unpack
 
 # Buffers that only say where things are (masks, bitmaps, positions): the published bpw
@@ -40,14 +41,6 @@ from llava_fa.quantizers.packing import pack, packed_width, unpack
 MASK_BUFFERS = ("salient_cols", "bitmap", "outlier_mask")
 # Buffers of per-weight codes (sign bits, residual bits, 8-bit outliers): the "weight bits".
 CODE_BUFFERS = ("signs", "res_signs", "outlier_codes")
-
-
-def _f16(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().float().to(torch.float16).view(torch.int16).contiguous()
-
-
-def _from16(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.float16).float()
 
 
 def _bits(mask: torch.Tensor) -> torch.Tensor:
@@ -165,22 +158,22 @@ class BinaryLinear(CompressedLinear):
         if p.row_scales.shape != mod.row_scales.shape:
             raise ValueError(f"row_scales shape {tuple(p.row_scales.shape)} != {tuple(mod.row_scales.shape)}")
         mod.signs = _bits(p.signs)
-        mod.row_scales = _f16(p.row_scales)
+        mod.row_scales = to_bits(p.row_scales)
         if p.means is not None:
-            mod.means = _f16(p.means)
+            mod.means = to_bits(p.means)
         if p.col_scales is not None:
-            mod.col_scales = _f16(p.col_scales)
+            mod.col_scales = to_bits(p.col_scales)
         if p.salient is not None:
             mod.salient_cols = _bits(p.salient)
             mod.res_signs = _bits(p.res_signs_full[:, p.salient])
-            mod.res_scales = _f16(p.res_scales)
-            mod.res_means = _f16(p.res_means)
+            mod.res_scales = to_bits(p.res_scales)
+            mod.res_means = to_bits(p.res_means)
         if p.bitmap is not None:
             mod.bitmap = _bits(p.bitmap)
         if n_out:
             mod.outlier_mask = _bits(p.outlier_mask)
             mod.outlier_codes = p.outlier_codes.to(torch.uint8).contiguous()
-            mod.outlier_scales = _f16(p.outlier_scales)
+            mod.outlier_scales = to_bits(p.outlier_scales)
         if bias is not None:
             mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         return mod
@@ -189,23 +182,23 @@ class BinaryLinear(CompressedLinear):
         """Unpack the stored buffers back to float parts."""
         n = self.in_features
         bit = lambda t, k: unpack(t, 1, k).bool()  # noqa: E731
-        p = BinaryParts(bit(self.signs, n), _from16(self.row_scales))
+        p = BinaryParts(bit(self.signs, n), from_bits(self.row_scales))
         if self.use_means:
-            p.means = _from16(self.means)
+            p.means = from_bits(self.means)
         if self.use_col_scales:
-            p.col_scales = _from16(self.col_scales)
+            p.col_scales = from_bits(self.col_scales)
         if self.use_salient:
             p.salient = bit(self.salient_cols, n)
             full = torch.zeros(self.out_features, n, dtype=torch.bool, device=self.signs.device)
             if self.n_salient:
                 full[:, p.salient] = bit(self.res_signs, self.n_salient)
-            p.res_signs_full, p.res_scales, p.res_means = full, _from16(self.res_scales), _from16(self.res_means)
+            p.res_signs_full, p.res_scales, p.res_means = full, from_bits(self.res_scales), from_bits(self.res_means)
         if self.use_bitmap:
             p.bitmap = bit(self.bitmap, n)
         if self.n_outliers:
             p.outlier_mask = bit(self.outlier_mask, n)
             p.outlier_codes = self.outlier_codes.long()
-            p.outlier_scales = _from16(self.outlier_scales)
+            p.outlier_scales = from_bits(self.outlier_scales)
         return p
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

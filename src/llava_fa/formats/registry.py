@@ -1,4 +1,6 @@
-"""Stored formats by name: a checkpoint names each module's format, the loader looks it up here."""
+"""Stored formats by name: a checkpoint names each module's format, the loader looks it up here.
+
+Every format of the toolkit registers when `llava_fa.formats` is imported (its __init__)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,6 @@ def register_format(cls: type) -> type:
 
 
 def get_format(name: str) -> type:
-    if name not in FORMATS:
-        # Formats added by methods register when their method package is imported.
-        import llava_fa.methods  # noqa: F401
-
-        llava_fa.methods.discover()
     if name not in FORMATS:
         raise CheckpointError(f"unknown storage format {name!r}; known formats: {', '.join(sorted(FORMATS))}. "
                               f"Fix: upgrade llava-fa or re-compress the model with this version")
