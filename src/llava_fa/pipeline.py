@@ -29,9 +29,11 @@ from torch import nn
 
 from llava_fa.calibration.stats import StatsCollector
 from llava_fa.errors import CheckpointError, ConfigError, DataError
-from llava_fa.io.checkpoint import atomic_write_bytes, build_module, module_entry, read_header, set_module
+from llava_fa.io.checkpoint import build_module, module_entry, set_module
+from llava_fa.io.files import atomic_write_bytes, read_header
 from llava_fa.formats import CompressedLinear
-from llava_fa.methods.base import XTX, LayerStats, Method
+from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.methods.base import Method
 from llava_fa.selection import default_patterns, find_parts, select
 
 log = logging.getLogger("llava_fa")

@@ -60,7 +60,7 @@ def demo(
 ) -> None:
     """Build the testbed, compress it, evaluate both models, print the comparison."""
     from llava_fa.commands.compress import resolve_device
-    from llava_fa.commands.eval import write_json_atomic
+    from llava_fa.io.files import write_json_atomic
     from llava_fa.commands.testbed import ensure_testbed
     from llava_fa.errors import LlavaFAError
     from llava_fa.evaluation.runner import evaluate

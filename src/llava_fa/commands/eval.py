@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -13,22 +10,6 @@ import typer
 from llava_fa.cli import UserError, app
 
 COMMAND = "eval"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_dir(path: Path, what: str) -> None:
@@ -72,6 +53,8 @@ def eval_command(
                       vqa_root=vqa_root, batch_size=batch_size, forward_mode=forward_mode)
     print_result(result)
     if json_path is not None:
+        from llava_fa.io.files import write_json_atomic
+
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
 

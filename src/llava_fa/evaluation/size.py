@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from torch import nn
+
+from llava_fa.io.files import read_header, stored_key
 
 # Bits per element of the safetensors dtype names.
 SAFETENSORS_BITS = {"F64": 64, "I64": 64, "U64": 64, "F32": 32, "I32": 32, "U32": 32, "F16": 16, "BF16": 16,
@@ -23,26 +23,15 @@ def stored_bits_per_element(model_dir: Path) -> dict[str, int]:
     """Tensor name -> bits per element, read from the safetensors headers (no tensor data)."""
     bits = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(file, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        header = read_header(file)
         bits.update({k: SAFETENSORS_BITS.get(v["dtype"], 0) for k, v in header.items() if k != "__metadata__"})
     return bits
 
 
-def _lookup(bits: dict[str, int], key: str) -> int | None:
-    """Exact key, else the unique stored key sharing the longest dotted suffix (checkpoint names
-    may differ from module names by a prefix, e.g. LLaVA's language_model.model. vs model.language_model.)."""
-    if key in bits:
-        return bits[key]
-    parts = key.split(".")
-    for i in range(1, len(parts) - 1):
-        tail = "." + ".".join(parts[i:])
-        hits = [k for k in bits if k.endswith(tail)]
-        if len(hits) == 1:
-            return bits[hits[0]]
-        if len(hits) > 1:
-            return None
-    return None
+def stored_key_bits(bits: dict[str, int], key: str) -> int | None:
+    """Bits per element of `key` as stored (checkpoint names may carry another prefix, see stored_key)."""
+    hit = stored_key(bits, key)
+    return None if hit is None else bits[hit]
 
 
 def _decoder_prefix(model: nn.Module) -> str:
@@ -57,7 +46,7 @@ def _decoder_prefix(model: nn.Module) -> str:
 def _weight_bits(name: str, module: nn.Module, stored: dict[str, int]) -> int:
     if is_compressed(module):
         return int(module.storage_bits())
-    per = _lookup(stored, f"{name}.weight") or module.weight.element_size() * 8
+    per = stored_key_bits(stored, f"{name}.weight") or module.weight.element_size() * 8
     return per * module.weight.numel()
 
 

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import struct
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from llava_fa.errors import CheckpointError
+from llava_fa.io.files import atomic_dir, read_header, sha256_of, stored_key
 from llava_fa.formats import CompressedLinear, get_format
 
 log = logging.getLogger("llava_fa")
@@ -34,6 +30,7 @@ log = logging.getLogger("llava_fa")
 MANIFEST = "llava_fa_manifest.json"
 REPORT = "compress_report.json"
 
+# safetensors dtype names of the tensors a format stores.
 _ST_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16,
               "I32": torch.int32, "U32": torch.uint32, "I64": torch.int64, "F16": torch.float16,
               "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -88,37 +85,9 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 # --- safetensors checks --------------------------------------------------------------------------
 
-def read_header(path: Path, fix: str = "compress the model again") -> dict[str, Any]:
-    """The safetensors header of `path`, after checking that the file holds all the bytes it declares."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing file {path}")
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(n))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted. "
-                              f"Fix: {fix}") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        raise CheckpointError(f"{path} holds {size} bytes but its header declares {8 + n + end}; the file is "
-                              f"truncated or corrupted. Fix: {fix}")
-    return header
-
-
-def sha256_file(path: Path) -> str:
-    from llava_fa.assets import sha256_of
-
-    return sha256_of(path)
-
-
 def write_manifest(directory: Path) -> None:
     files = sorted(p.name for p in directory.glob("*.safetensors"))
-    manifest = {"files": {f: {"bytes": (directory / f).stat().st_size, "sha256": sha256_file(directory / f)}
+    manifest = {"files": {f: {"bytes": (directory / f).stat().st_size, "sha256": sha256_of(directory / f)}
                           for f in files}}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -142,7 +111,7 @@ def verify_files(directory: Path) -> dict[str, dict]:
     for fname, info in manifest.items():
         path = directory / fname
         headers[fname] = read_header(path)
-        if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
+        if path.stat().st_size != info["bytes"] or sha256_of(path) != info["sha256"]:
             raise CheckpointError(f"{path} does not match its checksum in {MANIFEST}: the file is corrupted. "
                                   f"Fix: compress the model again")
     return headers
@@ -159,7 +128,7 @@ def check_checkpoint_files(checkpoint_files: list[str], qconfig, model: nn.Modul
     for name, entry in qconfig.modules.items():
         skeleton = build_module(name, entry)
         for tname, t in skeleton.state_dict().items():
-            key = _stored_key(stored, f"{name}.{tname}")
+            key = stored_key(stored, f"{name}.{tname}")
             if key is None:
                 raise CheckpointError(f"the checkpoint lacks tensor {name}.{tname}; the file is incomplete. "
                                       f"Fix: compress the model again")
@@ -170,22 +139,6 @@ def check_checkpoint_files(checkpoint_files: list[str], qconfig, model: nn.Modul
                                       f"{t.dtype}{list(t.shape)}: the checkpoint does not match its config")
 
 
-def _stored_key(stored: dict, key: str) -> str | None:
-    """`key`, else the one stored key with its longest dotted suffix: transformers' save_pretrained
-    may write some architectures under their original prefixes (LLaVA: language_model.model.)."""
-    if key in stored:
-        return key
-    parts = key.split(".")
-    for i in range(1, len(parts) - 1):
-        tail = "." + ".".join(parts[i:])
-        hits = [k for k in stored if k.endswith(tail)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            return None
-    return None
-
-
 def check_loaded(model: nn.Module, qconfig) -> None:
     for name in qconfig.modules:
         mod = model.get_submodule(name)
@@ -194,44 +147,6 @@ def check_loaded(model: nn.Module, qconfig) -> None:
         for tname, t in mod.state_dict().items():
             if t.device.type == "meta":
                 raise CheckpointError(f"{name}.{tname} was not loaded from the checkpoint")
-
-
-# --- atomic writes -------------------------------------------------------------------------------
-
-@contextmanager
-def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out`; on success it replaces `out` in one rename."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists. Fix: pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- save / load ---------------------------------------------------------------------------------
