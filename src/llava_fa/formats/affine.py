@@ -52,8 +52,7 @@ class AffineLinear(CompressedLinear):
         mod.scales = scale.to(torch.float16).view(torch.int16).contiguous()
         if not sym:
             mod.qzeros = pack(zero.reshape(-1).round().to(torch.int64), bits)
-        if bias is not None:
-            mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        mod.set_bias(bias)
         return mod
 
     def codes(self) -> torch.Tensor:

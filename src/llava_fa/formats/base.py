@@ -38,6 +38,12 @@ class CompressedLinear(nn.Module):
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------
+    def set_bias(self, bias: torch.Tensor | None) -> "CompressedLinear":
+        """Keep a copy of the dense layer's bias (never compressed); returns self for chaining."""
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return self
+
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors that encode the weight (all buffers; the bias is not part of it)."""
         return dict(self.named_buffers(recurse=False))

@@ -174,8 +174,7 @@ class BinaryLinear(CompressedLinear):
             mod.outlier_mask = _bits(p.outlier_mask)
             mod.outlier_codes = p.outlier_codes.to(torch.uint8).contiguous()
             mod.outlier_scales = to_bits(p.outlier_scales)
-        if bias is not None:
-            mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        mod.set_bias(bias)
         return mod
 
     def parts(self) -> BinaryParts:

@@ -125,8 +125,7 @@ class LowRankLinear(CompressedLinear):
             mod.set_factors(A, B)
         if col_scale is not None:
             mod.col_scale = to_bits(col_scale)
-        if bias is not None:
-            mod.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        mod.set_bias(bias)
         return mod
 
     def set_base(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:

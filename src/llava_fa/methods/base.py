@@ -11,10 +11,12 @@ import dataclasses
 import importlib
 import pkgutil
 import re
+import sys
 import types
 import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +25,11 @@ from torch import nn
 from llava_fa.calibration.stats import STATS, LayerStats
 from llava_fa.errors import ConfigError
 from llava_fa.formats.base import CompressedLinear
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text: `llava-fa compress --help-method NAME` prints it."""
+    return field(default=default, metadata={"help": help})
+
 
 @dataclass
 class MethodConfig:
@@ -72,11 +79,10 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def discover() -> None:
     """Import every method subpackage of `llava_fa.methods`: adding a method is adding a folder."""
-    import llava_fa.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    folder = Path(__file__).parent  # this package's folder, read without importing the package
+    for info in pkgutil.iter_modules([str(folder)]):
         if info.ispkg:
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def available_methods() -> list[str]:
@@ -89,6 +95,31 @@ def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def describe_method(name: str) -> str:
+    """What `--help-method NAME` prints: the method's summary, the statistics it needs and every
+    option (`-O KEY=VALUE`) with its type, default and help text."""
+    cls = get_method(name)
+    doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+    summary = doc.split("\n\n")[0].replace("\n", " ").removeprefix(f"`{name}`:").strip()
+    needs = ", ".join(sorted(cls.needs)) or "none (calibration-free by default)"
+    lines = [f"{name}: {summary}", f"calibration statistics: {needs}", "options (-O KEY=VALUE):"]
+    hints = typing.get_type_hints(cls.Config)
+    for f in dataclasses.fields(cls.Config):
+        kind = _type_name(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        lines.append(f"  {f.name:<24} {kind:<28} default {f.default!r:<10} {help_text}".rstrip())
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "|".join(map(str, typing.get_args(hint)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint)).replace("NoneType", "none")
+    return getattr(hint, "__name__", str(hint))
 
 
 def build_config(method: str, options: dict[str, Any] | None = None) -> MethodConfig:

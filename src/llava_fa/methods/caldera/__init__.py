@@ -120,6 +120,5 @@ class CALDERA(Method):
         if r:
             mod.set_factor_codes("lr_a", *acodes)
             mod.set_factor_codes("lr_b", *rcodes)
-        if bias is not None:
-            mod.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        mod.set_bias(bias)
         return mod

@@ -38,8 +38,7 @@ def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None
     m, n = W.shape
     mode, rank, codes = params["transform"], params["rank"], params["codes"]
     layer = FourierLinear(n, m, bias is not None, **params).to(W.device)
-    if bias is not None:
-        layer.bias = torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+    layer.set_bias(bias)
     layer.set_odc(cols, rows)
     Ws = layer.scale_weight(W)
     S = ft.forward(Ws, mode)

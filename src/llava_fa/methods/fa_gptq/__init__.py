@@ -82,8 +82,7 @@ class FAGPTQ(Method):
         self._check_shape("this layer", m, n)
         W, _, U = prepare_hessian(weight, stats.hessian(c.modality).to(weight.device), c.damp)
         layer = FourierLinear(n, m, bias is not None, **c.layer_params()).to(weight.device)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        layer.set_bias(bias)
         S = ft.forward(W, "rfft_out")
         real = ft.real_rows(m, "rfft_out")
         cplx = [k for k in range(S.shape[0]) if k not in real]
