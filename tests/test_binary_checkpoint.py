@@ -8,7 +8,9 @@ import torch
 
 import compress_fixtures as F
 import llava_fa  # noqa: F401  (registers the quantizer with transformers)
-from llava_fa.io.checkpoint import build_module, quantization_config, read_header, save_compressed
+from llava_fa.io.checkpoint import quantization_config, save_compressed
+from llava_fa.io.files import read_header
+from llava_fa.io.modules import build_module
 from llava_fa.formats.binary import BinaryLinear
 from llava_fa.methods import LayerStats, build_config, get_method
 from llava_fa.pipeline import compress_model, default_patterns, find_parts, select, summarize

@@ -11,7 +11,9 @@ import torch
 import compress_fixtures as F
 import llava_fa  # noqa: F401  (registers the quantizer with transformers)
 from llava_fa.errors import CheckpointError
-from llava_fa.io.checkpoint import (MANIFEST, load_model, quantization_config, read_header, save_compressed)
+from llava_fa.io.checkpoint import load_model, quantization_config, save_compressed
+from llava_fa.io.files import read_header
+from llava_fa.io.modules import MANIFEST
 from llava_fa.formats import AffineLinear
 from llava_fa.methods import build_config, get_method
 from llava_fa.pipeline import compress_model, default_patterns, find_parts, select

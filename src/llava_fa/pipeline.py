@@ -29,7 +29,7 @@ from torch import nn
 
 from llava_fa.calibration.stats import StatsCollector
 from llava_fa.errors import CheckpointError, ConfigError, DataError
-from llava_fa.io.checkpoint import build_module, module_entry, set_module
+from llava_fa.io.modules import build_module, module_entry, set_module
 from llava_fa.io.files import atomic_write_bytes, read_header
 from llava_fa.formats import CompressedLinear
 from llava_fa.calibration.stats import XTX, LayerStats

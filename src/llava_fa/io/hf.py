@@ -19,6 +19,8 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from llava_fa.io.modules import check_checkpoint_files, check_loaded, install_modules
+
 QUANT_METHOD = "llava_fa"
 FORMAT_VERSION = 1
 
@@ -53,16 +55,12 @@ class LlavaFAHfQuantizer(HfQuantizer):
     requires_calibration = True  # loads compressed checkpoints; compressing is `llava-fa compress`
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-        from llava_fa.io.checkpoint import check_checkpoint_files, install_modules
-
         if checkpoint_files:
             check_checkpoint_files(checkpoint_files, self.quantization_config, model)
         install_modules(model, self.quantization_config)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        from llava_fa.io.checkpoint import check_loaded
-
         check_loaded(model, self.quantization_config)
         return model
 
