@@ -12,12 +12,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llava_fa"
 
 # Lower ranks never import higher ones. A module takes the rank of its longest listed prefix.
 LAYERS = [
-    ("errors", "paths", "io.files", "_hf_hook", "__init__"),
+    ("errors", "paths", "io.files"),
     ("quantizers", "transforms", "kernels"),
     ("formats",),
     ("calibration", "selection", "recipe", "assets", "testbed"),
     ("methods",),
-    ("io",),
+    ("io", "__init__"),  # the root package installs the transformers hook (io/hf_hook.py)
     ("pipeline", "evaluation"),
     ("bench",),
     ("commands", "cli", "__main__"),

@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 # After `import llava_fa`, transformers' from_pretrained loads llava-fa checkpoints (registered
 # lazily: importing llava_fa does not import transformers).
-from llava_fa import _hf_hook
+from llava_fa.io import hf_hook
 
-_hf_hook.install()
+hf_hook.install()

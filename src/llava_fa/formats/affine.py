@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from llava_fa.kernels import affine_matmul
-from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.base import Backend, CompressedLinear, dequant_forward
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
 
@@ -70,15 +70,16 @@ class AffineLinear(CompressedLinear):
         scale, zero = self.scale_zero()
         return dequantize_grouped(self.codes(), scale, zero).to(dtype)
 
-    forward_modes = ("cached", "dequant", "fused")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = getattr(self, "forward_mode", "cached")
-        if mode != "fused":
-            return super().forward(x)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if not affine_matmul.available(x):
-            return torch.nn.functional.linear(x, self.dequantize(x.dtype), bias)
-        y = affine_matmul.affine_matmul(x, self.qweight, self.scales, None if self.sym else self.qzeros,
-                                        self.bits, self.group_size, self.out_features)
-        return y if bias is None else y + bias
+def fused_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
+    """One Triton kernel unpacks each tile of codes and multiplies it: W is never formed."""
+    y = affine_matmul.affine_matmul(x, layer.qweight, layer.scales, None if layer.sym else layer.qzeros,
+                                    layer.bits, layer.group_size, layer.out_features)
+    return y if layer.bias is None else y + layer.bias.to(y.dtype)
+
+
+# "fused" falls back to "dequant" where Triton cannot run (CPU tensors, CPU builds of torch): the
+# same memory promise, computed without the kernel.
+AffineLinear.backends = {**CompressedLinear.backends,
+                         "fused": (Backend(fused_forward, lambda layer, x: affine_matmul.available(x)),
+                                   Backend(dequant_forward))}

@@ -9,7 +9,8 @@ fill the buffers from safetensors. The bias stays a plain parameter under the na
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,26 +60,25 @@ class CompressedLinear(nn.Module):
     def bits_per_weight(self) -> float:
         return self.storage_bits() / (self.in_features * self.out_features)
 
-    # Forward passes (attribute `forward_mode`, a runtime choice, not stored):
-    # - "cached": rebuild the dense weight once per device/dtype and keep it as a plain attribute (not
-    #   in the state_dict; dropped on load_state_dict and .to()): fast, memory saved at rest only;
-    # - "dequant": rebuild it at every call (unfused), so only the compressed form stays in memory.
-    # Formats may add their own modes (the `fourier` format's "spectral").
-    forward_modes: ClassVar[tuple[str, ...]] = ("cached", "dequant")
+    # How the layer runs (attribute `forward_mode`, a runtime choice, not stored) is a table:
+    # mode -> backends tried in order, the first whose `runs` accepts the input computes y (PEFT's
+    # dispatch, HQQ's backends). A format adds its modes by extending the table; a kernel is one
+    # more Backend, never a branch in forward().
+    backends: ClassVar[dict[str, tuple["Backend", ...]]] = {}
+
+    @property
+    def forward_modes(self) -> tuple[str, ...]:
+        return tuple(self.backends)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = getattr(self, "forward_mode", "cached")
-        if mode not in self.forward_modes:
+        candidates = self.backends.get(mode)
+        if candidates is None:
             raise ValueError(f"forward_mode must be one of {', '.join(self.forward_modes)}, got {mode!r}")
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if mode == "dequant":
-            return F.linear(x, self.dequantize(x.dtype), bias)
-        cache = self.__dict__.setdefault("_cache", {})
-        key = (x.device, x.dtype)
-        if key not in cache:
-            cache.clear()  # one copy at a time: the cache costs a dense weight of memory
-            cache[key] = self.dequantize(torch.float32).to(x.device, x.dtype)
-        return F.linear(x, cache[key], bias)
+        for backend in candidates:
+            if backend.runs(self, x):
+                return backend.run(self, x)
+        raise RuntimeError(f"{self.format}: no backend of forward mode {mode!r} runs on {x.device} {x.dtype}")
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.get("_cache", {}).clear()
@@ -96,6 +96,42 @@ class CompressedLinear(nn.Module):
         extra = ", ".join(f"{k}={v}" for k, v in self.params().items())
         shape = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         return f"{shape}, {extra}"
+
+
+def _always(layer: CompressedLinear, x: torch.Tensor) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to compute y = x W^T + b for a format from its stored tensors."""
+
+    run: Callable[[CompressedLinear, torch.Tensor], torch.Tensor]
+    runs: Callable[[CompressedLinear, torch.Tensor], bool] = _always  # can it run on this input here?
+
+
+def layer_bias(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor | None:
+    return None if layer.bias is None else layer.bias.to(x.dtype)
+
+
+def dequant_forward(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor:
+    """Rebuild the dense weight at every call: only the compressed form stays in memory."""
+    return F.linear(x, layer.dequantize(x.dtype), layer_bias(layer, x))
+
+
+def cached_forward(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor:
+    """Rebuild the dense weight once per device and dtype and keep it as a plain attribute (not in
+    the state_dict; dropped on load_state_dict and .to()): fast, but memory is saved at rest only."""
+    cache = layer.__dict__.setdefault("_cache", {})
+    key = (x.device, x.dtype)
+    if key not in cache:
+        cache.clear()  # one copy at a time: the cache costs a dense weight of memory
+        cache[key] = layer.dequantize(torch.float32).to(x.device, x.dtype)
+    return F.linear(x, cache[key], layer_bias(layer, x))
+
+
+# Every format runs these two; formats extend the table with their own modes.
+CompressedLinear.backends = {"cached": (Backend(cached_forward),), "dequant": (Backend(dequant_forward),)}
 
 
 def set_forward_mode(model: nn.Module, mode: str) -> int:
