@@ -6,7 +6,8 @@ Inputs, relative to the repository root:
 - docs/results/layer_studies.json (scripts/layer_studies.py) -> spectra.png, error_vs_rank.png,
   convergence.png;
 - docs/results/testbed_h100/NAME.json, the sweep's eval records, with NAME.report.json beside them
-  (its `method` names the series; without one the method is read from NAME's prefix) -> pareto.png.
+  (its `method` names the series; without one, NAME's method in the run list examples/bench_testbed.yaml,
+  or the method of the runs there whose names start with the same letters) -> pareto.png.
 
 Missing inputs are skipped, not errors: without layer_studies.json the three layer figures are not
 drawn, without sweep records pareto.png is not; `render_plots` returns only the figures it drew (a
@@ -31,13 +32,10 @@ from matplotlib.figure import Figure
 
 from llava_fa.errors import DataError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_runs beside this script
+from results_runs import method_from_name  # noqa: E402
+
 PPL_CLIP = 1e4  # PPL above this is drawn at the clip (log axis), the real value in the note
-# Name prefixes of the sweep's runs -> method, longest first (used when there is no report).
-PREFIXES = [("svd-llm", "svd-llm"), ("svdllm", "svd-llm"), ("pb-llm", "pb-llm"), ("pbllm", "pb-llm"),
-            ("arb-rc", "arb-rc"), ("arbrc", "arb-rc"), ("arb-x", "arb-x"), ("arbx", "arb-x"),
-            ("hadamard", "hadamard"), ("caldera", "caldera"), ("billm", "billm"), ("gptq", "gptq"),
-            ("lqer", "lqer"), ("asvd", "asvd"), ("arb", "arb"), ("rtn", "rtn"), ("hqq", "hqq"),
-            ("sab", "sab"), ("fa", "fa")]
 METRICS = [  # (record key, axis label, lower is better, log y)
     ("perplexity.ppl", "WikiText-2 PPL (log)", True, True),
     ("vqa.fast.accuracy", "easy-VQA accuracy", False, False),
@@ -73,9 +71,10 @@ def section(data: dict, key: str, path: Path) -> dict:
 
 
 def method_of(name: str, report: dict | None) -> str:
+    """The series of a run: its report's method, else the run list's (results_runs.method_from_name)."""
     if report and isinstance(report.get("method"), str):
         return report["method"]
-    return next((m for prefix, m in PREFIXES if name.startswith(prefix)), name.rstrip("0123456789_"))
+    return method_from_name(name)
 
 
 def sweep_runs(folder: Path) -> dict[str, dict]:

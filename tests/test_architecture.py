@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llava_fa"
 
 # Lower ranks never import higher ones. A module takes the rank of its longest listed prefix.
 LAYERS = [
-    ("errors", "paths", "io.files"),
+    ("errors", "paths", "io.files", "runtime"),
     ("quantizers", "transforms", "kernels"),
     ("formats",),
     ("calibration", "selection", "recipe", "assets", "testbed"),
@@ -53,16 +53,22 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
                 pkg = package.split(".") if package else []
                 pkg = pkg[:len(pkg) - (node.level - 1)]
                 base = ".".join(["llava_fa", *pkg, *([base] if base else [])])
-            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import name`: the submodule when `name` is one, else the package itself.
+            targets = [f"{base}.{a.name}" if _short(f"{base}.{a.name}") in known else base for a in node.names]
         for t in targets:
             if not t.startswith("llava_fa"):
                 continue
-            t = t.removeprefix("llava_fa").lstrip(".") or "__init__"
+            t = _short(t)
             while t and t not in known:
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)
     return found
+
+
+def _short(module: str) -> str:
+    """llava_fa.a.b -> a.b; the root package itself -> __init__."""
+    return module.removeprefix("llava_fa").lstrip(".") or "__init__"
 
 
 def graph() -> dict[str, set[str]]:

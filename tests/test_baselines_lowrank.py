@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llava_fa.formats import get_format
+from llava_fa.formats.budget import largest_rank_within
 from llava_fa.formats.lowrank import LowRankLinear, layout_bits, max_rank_for_bits
 from llava_fa.methods import LayerStats, build_config, get_method
 
@@ -55,6 +56,13 @@ def test_lowrank_format_round_trip_and_bits(one_thread):
     assert LowRankLinear(n, m, rank=0).storage_bits() == 0
     r = max_rank_for_bits(m, n, 4 * m * n, lr_bits=16)
     assert r == 4 * m * n // (16 * (m + n))
+
+
+def test_largest_rank_within_is_the_last_rank_that_fits():
+    """The one bit-budget search (lowrank's max_rank_for_bits and fa's bpw planner): brute force agrees."""
+    for base, per_rank, budget, top in ((10, 3, 40, 50), (10, 3, 9, 50), (0, 7, 7 * 50, 50), (5, 2, 5, 0)):
+        fits = [r for r in range(top + 1) if base + per_rank * r <= budget]
+        assert largest_rank_within(lambda r: base + per_rank * r, budget, top) == (max(fits) if fits else 0)
 
 
 def test_asvd_beats_plain_svd_and_svd_llm_beats_both(one_thread):

@@ -7,25 +7,17 @@ import torch
 from PIL import Image
 
 import compress_fixtures as F
-import llava_fa.cli as cli
+from llava_fa.commands.app import main
 from llava_fa.formats import AffineLinear
-
-
-def _register_mine():
-    # cli._register() also imports command groups written elsewhere; these tests need only these two.
-    import llava_fa.commands.chat  # noqa: F401
-    import llava_fa.commands.compress  # noqa: F401
 
 
 @pytest.fixture
 def run(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_register", _register_mine)
-
     def run(*args):
         monkeypatch.setattr("sys.argv", ["llava-fa", *map(str, args)])
         code = 0
         try:
-            cli.main()
+            main()
         except SystemExit as e:
             code = e.code or 0
         out, err = capsys.readouterr()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import random
@@ -77,8 +76,8 @@ def llava_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(llava_dir):
-    from llava_fa.evaluation.runner import load_model
-    return load_model(llava_dir, torch.device("cpu"), torch.float32)
+    from llava_fa.evaluation.runner import load_for_evaluation
+    return load_for_evaluation(llava_dir, torch.device("cpu"), torch.float32)
 
 
 def write_vqa(root: Path, golds: list[str]) -> Path:
@@ -253,8 +252,7 @@ def invoke_eval(*args: str):
     """Run `llava-fa eval ARGS`; a Typer app with a single command runs it without its name."""
     from typer.testing import CliRunner
 
-    import llava_fa.commands.eval  # noqa: F401  (registers the command)
-    from llava_fa.cli import app
+    from llava_fa.commands.app import app
     single = len(app.registered_commands) + len(app.registered_groups) == 1 and app.registered_callback is None
     return CliRunner().invoke(app, list(args) if single else ["eval", *args])
 
@@ -296,10 +294,9 @@ def test_text_only_model_skips_vqa(llava_dir, tmp_path):
     assert render_table(result).row_count >= 5
 
 
-def test_cli_errors_and_reregistration(tmp_path):
-    import llava_fa.commands.eval as eval_cmd
-    from llava_fa.cli import UserError, app
-    importlib.reload(eval_cmd)  # a second import must not add a second "eval"
+def test_cli_registers_eval_once_and_reports_a_missing_folder(tmp_path):
+    from llava_fa.commands.app import app
+    from llava_fa.errors import UserError
     assert [c.name for c in app.registered_commands].count("eval") == 1
     res = invoke_eval(str(tmp_path / "missing"))
     assert isinstance(res.exception, UserError) and "missing" in str(res.exception)

@@ -7,7 +7,8 @@ import compress_fixtures as F
 from llava_fa.io.checkpoint import load_model, quantization_config, save_compressed
 from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods import build_config, get_method
-from llava_fa.pipeline import compress_model, default_patterns, find_parts, select
+from llava_fa.pipeline import compress_model
+from llava_fa.selection import default_patterns, find_parts, select
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,8 @@ import torch
 import compress_fixtures as F
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.methods import build_config, get_method
-from llava_fa.pipeline import compress_model, default_patterns, find_parts, select
+from llava_fa.pipeline import compress_model
+from llava_fa.selection import default_patterns, find_parts, select
 
 
 class Spy:
@@ -49,7 +50,7 @@ def test_statistics_split_by_modality_and_taken_after_earlier_layers():
     model = F.llava()
     samples = [F.llava_inputs(seed=0), F.text_inputs(seed=1)]
     names = decoder_names(model)
-    spy = Spy(method("rtn", bits=2))  # 2 bits: compressing layer 0 visibly changes layer 1's inputs
+    spy = Spy(method("gptq", bits=2))  # 2 bits: compressing layer 0 visibly changes layer 1's inputs; gptq needs X^T X
     dense_inputs = capture_inputs(model, names[7], samples)  # layer 1 q_proj, before compression
     compress_model(model, spy, names, samples)
     after_inputs = capture_inputs(model, names[7], samples)  # layer 1 q_proj, layer 0 compressed

@@ -55,9 +55,8 @@ def test_generate_answers_easy_vqa(loaded):
 def test_small_eval_cli(testbed_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from llava_fa.cli import _register, app
+    from llava_fa.commands.app import app
 
-    _register()
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(app, ["eval", str(testbed_dir), "--limit", "24", "--ppl-windows", "2", "--seqlen", "256",
                                    "--json", str(out), "--device", "cpu"])

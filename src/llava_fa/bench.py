@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from llava_fa.errors import ConfigError
+from llava_fa.runtime import resolve_device
 
 
 @dataclass
@@ -57,21 +58,23 @@ def load_runs(path: Path) -> list[BenchRun]:
     return runs
 
 
-def peak_memory_mib(device: str) -> float:
+def peak_memory_mib(device: str | torch.device) -> float:
     """Peak memory of the run: CUDA allocations on a GPU, the process's peak RSS on CPU."""
-    if device.startswith("cuda"):
+    if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide, never resets
 
 
-def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cpu", limit: int | None = None,
-              ppl_windows: int | None = None, seqlen: int = 2048, text_source: str | None = None,
-              keep_models: bool = False, on_info: Callable[[str], None] = print) -> list[dict]:
-    from llava_fa.io.files import write_json_atomic
+def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str | torch.device = "cpu",
+              limit: int | None = None, ppl_windows: int | None = None, seqlen: int = 2048,
+              text_source: str | None = None, keep_models: bool = False,
+              on_info: Callable[[str], None] = print) -> list[dict]:
     from llava_fa.evaluation.runner import evaluate
+    from llava_fa.io.files import write_json_atomic
     from llava_fa.pipeline import compress_checkpoint
     from llava_fa.recipe import Recipe
 
+    dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -87,15 +90,15 @@ def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cp
             recipe.calibration.nsamples = run.nsamples
         if run.calib is not None:
             recipe.calibration.source = run.calib
-        if device.startswith("cuda"):
+        if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model_dir = out / "models" / run.name
         t0 = time.perf_counter()
-        report = compress_checkpoint(model, recipe, model_dir, device=device, overwrite=True)
+        report = compress_checkpoint(model, recipe, model_dir, device=str(dev), overwrite=True)
         seconds = time.perf_counter() - t0
-        memory = peak_memory_mib(device)
+        memory = peak_memory_mib(dev)
         result = evaluate(model_dir, reference=model, limit=limit, ppl_windows=ppl_windows, seqlen=seqlen,
-                          text_source=text_source, device=device, progress=False)
+                          text_source=text_source, device=dev, progress=False)
         fid = result.get("fidelity") or {}
         vqa = (result.get("vqa") or {}).get("fast") or {}
         record = {"name": run.name, "method": run.method, "options": run.options, "recipe": recipe.to_dict(),
@@ -103,7 +106,7 @@ def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str = "cp
                   "mean_act_error": report["summary"]["mean_act_error"],
                   "perplexity": (result.get("perplexity") or {}).get("ppl"), "vqa_accuracy": vqa.get("accuracy"),
                   "kl": fid.get("kl"), "top1_agreement": fid.get("top1_agreement"),
-                  "compress_seconds": round(seconds, 2), "peak_memory_mib": round(memory, 1), "device": device,
+                  "compress_seconds": round(seconds, 2), "peak_memory_mib": round(memory, 1), "device": str(dev),
                   "eval": result, "layers": report["layers"]}
         write_json_atomic(record_path, record)
         if not keep_models:

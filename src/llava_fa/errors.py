@@ -17,3 +17,9 @@ class DataError(LlavaFAError):
 
 class CheckpointError(LlavaFAError):
     """A compressed checkpoint that is missing, truncated, corrupted or inconsistent."""
+
+
+class UserError(Exception):
+    """A bad command line (flag value, missing folder): `llava-fa` prints it on one line, exit code 2.
+
+    Commands raise it for their own checks and turn the library's LlavaFAErrors into it."""

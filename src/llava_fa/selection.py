@@ -78,6 +78,17 @@ def default_patterns(parts: Parts, vision: bool = False, projector: bool = False
     return targets, ignore
 
 
+def recipe_patterns(parts: Parts, targets: list[str] | None, ignore: list[str], vision: bool = False,
+                    projector: bool = False) -> tuple[list[str], list[str]]:
+    """(targets, ignore) of a recipe: its own patterns merged with the defaults of `parts`.
+
+    Explicit targets replace the decoder default only; the vision tower / projector patterns asked
+    for stay. The default ignore patterns (Qwen2-VL's inner merger) are added after the recipe's."""
+    default_targets, default_ignore = default_patterns(parts, vision, projector)
+    chosen = list(targets) + default_targets[1:] if targets else default_targets
+    return chosen, list(ignore) + [p for p in default_ignore if p not in ignore]
+
+
 def matches(pattern: str, name: str, module: nn.Module) -> bool:
     if pattern.startswith("re:"):
         return re.match(pattern[3:], name) is not None

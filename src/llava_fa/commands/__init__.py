@@ -1,1 +1,4 @@
-"""CLI command groups; each module adds its commands to `llava_fa.cli.app`."""
+"""The `llava-fa` commands: one module per command, each a plain function with its Typer options.
+
+`commands.app` gathers them into the app; the command modules import nothing of it.
+"""

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llava_fa.cli import UserError, app
+from llava_fa.commands.common import reported_as_user_errors
 
 
 def records_table(records: list[dict]) -> Table:
+    """One row per bench record: the headline numbers of each run."""
     table = Table(title="llava-fa bench")
     for col in ("run", "method", "bpw", "PPL", "easy-VQA", "KL", "top-1", "compress s", "peak MiB"):
         table.add_column(col, justify="left" if col in ("run", "method") else "right")
@@ -24,7 +25,6 @@ def records_table(records: list[dict]) -> Table:
     return table
 
 
-@app.command("bench")
 def bench(
     runs: Path = typer.Argument(..., help="YAML/JSON list of runs: {name, method, options, nsamples}."),
     out: Path = typer.Option(..., "--out", help="Folder of records (NAME.json); existing records are skipped."),
@@ -38,15 +38,13 @@ def bench(
 ) -> None:
     """Compress and evaluate every run of a list; one JSON record per run; resumes where it stopped."""
     from llava_fa.bench import load_runs, run_bench
-    from llava_fa.commands.compress import resolve_device
     from llava_fa.commands.testbed import ensure_testbed
-    from llava_fa.errors import LlavaFAError
+    from llava_fa.runtime import resolve_device
 
     err = Console(stderr=True)
-    try:
+    with reported_as_user_errors():
         run_list = load_runs(runs)
-        records = run_bench(model or ensure_testbed(), run_list, out, device=resolve_device(device), limit=limit,
-                            ppl_windows=ppl_windows, seqlen=seqlen, text_source=text, on_info=err.print)
-    except LlavaFAError as e:
-        raise UserError(str(e)) from None
+        dev = resolve_device(device)
+        records = run_bench(model or ensure_testbed(), run_list, out, device=dev, limit=limit, ppl_windows=ppl_windows,
+                            seqlen=seqlen, text_source=text, keep_models=keep_models, on_info=err.print)
     Console().print(records_table(records))

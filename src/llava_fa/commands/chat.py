@@ -3,49 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llava_fa.cli import UserError, app
-from llava_fa.errors import LlavaFAError
+from llava_fa.commands.common import FORWARD_MODE_HELP, reported_as_user_errors
+
+if TYPE_CHECKING:
+    import torch
 
 
-@app.command()
 def chat(
     model_dir: Path = typer.Argument(..., help="Checkpoint directory (compressed by llava-fa or not)."),
     question: str = typer.Argument(..., help="The question to ask."),
     image: Optional[Path] = typer.Option(None, "--image", help="An image file (PNG/JPEG) to ask about."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer, in tokens."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help="How compressed layers run: cached (default), dequant, fused (affine), spectral (fourier)."),
+    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
 ) -> None:
     """Answer a question about an image (greedy decoding)."""
-    from llava_fa.commands.compress import quiet_transformers, resolve_device
+    from llava_fa.runtime import quiet_transformers, resolve_device
 
     quiet_transformers()
-    try:
+    with reported_as_user_errors():
         typer.echo(answer(model_dir, question, image, max_new_tokens, resolve_device(device), forward_mode))
-    except LlavaFAError as e:
-        raise UserError(str(e)) from None
 
 
 def answer(model_dir: Path, question: str, image: Path | None = None, max_new_tokens: int = 32,
-           device: str = "cpu", forward_mode: str | None = None) -> str:
+           device: str | torch.device = "cpu", forward_mode: str | None = None) -> str:
+    """The model's greedy answer to `question` (about `image`, if given), without the prompt."""
     import torch
 
     from llava_fa.calibration.data import conversation_text
-    from llava_fa.errors import CheckpointError, DataError
-    from llava_fa.io.checkpoint import load_model, load_processor
+    from llava_fa.errors import DataError
+    from llava_fa.io.checkpoint import load_model_and_processor
+    from llava_fa.runtime import resolve_dtype
 
     img = _open_image(image) if image is not None else None  # a bad image fails before the model loads
-    model = load_model(model_dir, device)
+    model, processor = load_model_and_processor(model_dir, device, resolve_dtype("auto", device))
     if forward_mode is not None:
         from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
-    processor = load_processor(model_dir)
-    if processor is None:
-        raise CheckpointError(f"{model_dir} has no processor or tokenizer files")
     if img is not None and not hasattr(processor, "image_processor"):
         raise DataError(f"{model_dir} has no image processor: it cannot take --image")
     text = conversation_text(processor, question, None, image=img is not None)

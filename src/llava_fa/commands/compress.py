@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand
 
-from llava_fa.cli import UserError, app
-from llava_fa.errors import LlavaFAError
+from llava_fa.commands.common import DTYPE_HELP, reported_as_user_errors
+from llava_fa.errors import UserError
+
+if TYPE_CHECKING:
+    from llava_fa.recipe import Recipe
+
+METHOD_HELP = "Method (default rtn)."
+
+
+def print_method_help(name: Optional[str]) -> None:
+    """`--help-method NAME`: the method's options, then exit; runs before --out or MODEL are checked."""
+    if name is None:
+        return
+    from llava_fa.methods.base import describe_method
+
+    with reported_as_user_errors():
+        text = describe_method(name)
+    typer.echo(text)
+    raise typer.Exit(0)
+
+
+class CompressCommand(TyperCommand):
+    """The compress command, whose `--method` help lists the available methods.
+
+    Listing them imports every method (and torch), so it happens only when help is shown, not when
+    the command line starts."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from llava_fa.methods.base import available_methods
+
+        for param in self.params:
+            if param.name == "method":
+                param.help = f"{METHOD_HELP} One of: {', '.join(available_methods())}."
+        super().format_help(ctx, formatter)
+
 
 # --bits, --group-size, ... are shared by several methods: each is passed on only when given, and a
 # method without that option rejects it (e.g. --act-order with rtn). Others go through --option.
-
-
-@app.command()
 def compress(
     model: str = typer.Argument(..., help="Hugging Face model directory, or `testbed`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the compressed checkpoint to."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method: rtn, gptq, ... (default rtn)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
+    # Acts in its callback, before MODEL and --out are required; the function never receives it.
+    help_method: Optional[str] = typer.Option(None, "--help-method", metavar="NAME", is_eager=True,
+                                              callback=print_method_help, expose_value=False,
+                                              help="Print the options of method NAME and exit."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML/JSON recipe; flags override it."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Bits per code, 1..8."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per group (-1: one per row)."),
@@ -43,7 +77,7 @@ def compress(
     seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per text sample (default 256)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Calibration sampling seed."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU), float32, bfloat16, float16."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir",
                                             help="Per-layer shards for resuming (default .OUT.work)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run."),
@@ -52,42 +86,24 @@ def compress(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Compress the language decoder's linear layers (and optionally vision tower / projector)."""
-    from llava_fa.pipeline import compress_checkpoint
+    from llava_fa.io.files import write_json_atomic
+    from llava_fa.methods import build_config
+    from llava_fa.runtime import quiet_transformers, resolve_device, resolve_dtype
 
     rec = build_recipe(recipe, method, dict(bits=bits, group_size=group_size, sym=sym, damp=damp,
                                             block_size=block_size, act_order=act_order), option, target, ignore,
                        vision, projector, calib, nsamples, seqlen, seed)
-    dev = resolve_device(device)
-    try:
-        from llava_fa.methods import build_config
-
-        build_config(rec.method, rec.options)  # a bad method or option fails before any output
-    except LlavaFAError as e:
-        raise UserError(str(e)) from None
+    with reported_as_user_errors():  # bad flags fail before any output
+        dev = resolve_device(device)
+        resolve_dtype(dtype, dev)
+        build_config(rec.method, rec.options)
     quiet_transformers()
     err = Console(stderr=True, quiet=quiet, soft_wrap=True)  # messages stay one line (greppable logs)
-    logging.getLogger("llava_fa").addHandler(_RichWarnings(err))
     err.print(f"compressing {model} with {rec.method} on {dev}")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=quiet)
-    with progress:
-        task = progress.add_task("starting", total=None)
-
-        def on_block(done: int, total: int, label: str) -> None:
-            progress.update(task, completed=done, total=total, description=label)
-
-        try:
-            report = compress_checkpoint(model, rec, out, device=dev, dtype=dtype, work_dir=work_dir, restart=restart,
-                                         overwrite=overwrite, on_info=err.print, on_block=on_block)
-        except LlavaFAError as e:
-            raise UserError(str(e)) from None
-        except KeyboardInterrupt:
-            progress.stop()
-            err.print("interrupted: finished layers are kept in the work dir; run the same command again to "
-                      "resume (or pass --restart to start over)")
-            raise typer.Exit(130) from None
+    report = run_with_progress(err, model, rec, out, device=str(dev), dtype=dtype, work_dir=work_dir,
+                               restart=restart, overwrite=overwrite)
     if report_json is not None:
-        report_json.write_text(json.dumps(report, indent=1) + "\n")
+        write_json_atomic(report_json, report)
     if not quiet:
         Console().print(report_table(report))
     s = report["summary"]
@@ -95,14 +111,41 @@ def compress(
               f"{report['wall_seconds']:.1f} s")
 
 
+def run_with_progress(err: Console, model: str, rec: Recipe, out: Path, **pipeline_options) -> dict:
+    """`compress_checkpoint` under a progress bar on `err`, its warnings printed there too."""
+    from llava_fa.pipeline import compress_checkpoint
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=err.quiet)
+    warning_printer = _RichWarnings(err)
+    logging.getLogger("llava_fa").addHandler(warning_printer)
+    try:
+        with progress:
+            task = progress.add_task("starting", total=None)
+
+            def on_block(done: int, total: int, label: str) -> None:
+                progress.update(task, completed=done, total=total, description=label)
+
+            try:
+                with reported_as_user_errors():
+                    return compress_checkpoint(model, rec, out, on_info=err.print, on_block=on_block,
+                                               **pipeline_options)
+            except KeyboardInterrupt:
+                progress.stop()
+                err.print("interrupted: finished layers are kept in the work dir; run the same command again to "
+                          "resume (or pass --restart to start over)")
+                raise typer.Exit(130) from None
+    finally:
+        logging.getLogger("llava_fa").removeHandler(warning_printer)
+
+
 def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, projector, calib, nsamples, seqlen,
-                 seed):
+                 seed) -> Recipe:
+    """The recipe file (or the defaults) with the command line's flags on top."""
     from llava_fa.recipe import Recipe
 
-    try:
+    with reported_as_user_errors():
         rec = Recipe.from_file(recipe_file) if recipe_file is not None else Recipe()
-    except LlavaFAError as e:
-        raise UserError(str(e)) from None
     if method is not None:
         if recipe_file is not None and method != rec.method:
             rec.options = {}  # the file's options belong to its method
@@ -125,27 +168,6 @@ def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, p
         if value is not None:
             setattr(cal, key, value)
     return rec
-
-
-def quiet_transformers() -> None:
-    """transformers' own per-file progress bars would interleave with ours."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
-    return str(dev)
 
 
 def report_table(report: dict) -> Table:
@@ -181,11 +203,11 @@ def _common_prefix(names: list[str]) -> str:
 
 
 class _RichWarnings(logging.Handler):
+    """Prints the toolkit's warnings on the command's console, so they do not break the progress bar."""
+
     def __init__(self, console: Console):
         super().__init__(logging.WARNING)
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
         self.console.print(f"[yellow]warning:[/] {record.getMessage()}")
-
-

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llava_fa.cli import UserError, app
+from llava_fa.commands.common import reported_as_user_errors
+from llava_fa.errors import UserError
 from llava_fa.paths import cache_dir
 
 # LLaVA-FA on the half spectrum, PolarQuant 3+5 bits (about 4.2 bpw), calibrated ODC, no low-rank
@@ -26,6 +27,7 @@ DEFAULT_OPTIONS = {"fa": {"structure": "quant", "odc": "calibrated", "mag_bits":
 
 
 def comparison_table(base: dict, comp: dict, report: dict) -> Table:
+    """The uncompressed and the compressed model's evaluations side by side."""
     table = Table(title=f"testbed: uncompressed vs {report['method']} ({report['summary']['bpw']:.3f} bpw, decoder linears)")
     table.add_column("measure")
     table.add_column("uncompressed", justify="right")
@@ -48,7 +50,6 @@ def comparison_table(base: dict, comp: dict, report: dict) -> Table:
     return table
 
 
-@app.command("demo")
 def demo(
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Compression method."),
     option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
@@ -59,13 +60,12 @@ def demo(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write both evaluations and the report here."),
 ) -> None:
     """Build the testbed, compress it, evaluate both models, print the comparison."""
-    from llava_fa.commands.compress import resolve_device
-    from llava_fa.io.files import write_json_atomic
     from llava_fa.commands.testbed import ensure_testbed
-    from llava_fa.errors import LlavaFAError
     from llava_fa.evaluation.runner import evaluate
+    from llava_fa.io.files import write_json_atomic
     from llava_fa.pipeline import compress_checkpoint
     from llava_fa.recipe import Recipe
+    from llava_fa.runtime import resolve_device
 
     err = Console(stderr=True)
     options = dict(DEFAULT_OPTIONS.get(method, {}))
@@ -74,7 +74,8 @@ def demo(
         if not sep:
             raise UserError(f"--option expects KEY=VALUE, got {item!r}")
         options[key] = value
-    dev = resolve_device(device)
+    with reported_as_user_errors():
+        dev = resolve_device(device)
     testbed = ensure_testbed()
     out = out or cache_dir() / "demo" / "-".join([method] + [f"{k}{v}" for k, v in sorted(options.items())])
     report_file = out / "compress_report.json"  # written by save_compressed
@@ -83,11 +84,9 @@ def demo(
         report = json.loads(report_file.read_text())
     else:
         err.print(f"compressing {testbed} with {method} {options} on {dev} ...")
-        try:
-            report = compress_checkpoint(testbed, Recipe(method=method, options=options), out, device=dev,
+        with reported_as_user_errors():
+            report = compress_checkpoint(testbed, Recipe(method=method, options=options), out, device=str(dev),
                                          on_info=err.print, on_block=lambda d, t, label: err.print(f"  [{d}/{t}] {label}"))
-        except LlavaFAError as e:
-            raise UserError(str(e)) from None
     common = dict(limit=limit, ppl_windows=ppl_windows, device=dev, fidelity_prompts=16)
     err.print("evaluating the uncompressed testbed ...")
     base = evaluate(testbed, **common)

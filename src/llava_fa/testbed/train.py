@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -134,6 +135,78 @@ def fast_accuracy(model, processor, examples, feats, image_index, device, batch:
     return correct / len(examples)
 
 
+@dataclass
+class CachedFeatures:
+    """Frozen tower outputs of a split's images, [N, tokens, d], and image id -> row."""
+
+    feats: torch.Tensor
+    index: dict[str, int]
+
+
+def split_features(model, processor, split: str, examples, device) -> CachedFeatures:
+    ids = sorted({ex.image_id for ex in examples})
+    feats = image_features(model, processor, [easyvqa.load_split_image_path(split, i) for i in ids], device)
+    return CachedFeatures(feats, {img: k for k, img in enumerate(ids)})
+
+
+def make_optimizer(model, args) -> tuple[torch.optim.Optimizer, dict[str, LoRALinear]]:
+    """AdamW over the projector (and the LoRA factors, at their own learning rate, when rank > 0)."""
+    params = list(model.model.multi_modal_projector.parameters())
+    model.model.multi_modal_projector.requires_grad_(True)
+    wrapped = add_lora(model, args.lora_rank, args.lora_alpha) if args.lora_rank > 0 else {}
+    lora_params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
+    groups = [{"params": params, "lr": args.lr}] + ([{"params": lora_params, "lr": args.lora_lr}] if lora_params else [])
+    return torch.optim.AdamW(groups, weight_decay=0.0), wrapped
+
+
+def answer_loss(model, ids, labels, mask, feats, device) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        h = hidden_states(model, ids, mask, feats)
+    # Next-token loss on the answer tokens only: position t predicts token t+1.
+    pos = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    logits = model.lm_head(h[:, :-1][pos].float())
+    return F.cross_entropy(logits, labels[:, 1:][pos])
+
+
+def train_epochs(model, processor, optim, train_set, features: CachedFeatures, args, device, t0: float) -> list[dict]:
+    """The training loop (50 warm-up steps, then cosine decay); returns the logged losses."""
+    rows = encode(processor, train_set, features.feats.shape[1], with_answer=True)
+    steps = args.epochs * math.ceil(len(rows) / args.batch_size)
+    base_lrs = [g["lr"] for g in optim.param_groups]
+    step, history = 0, []
+    model.train()
+    for epoch in range(args.epochs):
+        order = list(range(len(rows)))
+        random.shuffle(order)
+        for i in range(0, len(order), args.batch_size):
+            batch = order[i : i + args.batch_size]
+            ids, labels, mask = collate([rows[k] for k in batch], processor.tokenizer.pad_token_id, device)
+            feats = features.feats[[features.index[train_set[k].image_id] for k in batch]]
+            warm = min(1.0, (step + 1) / 50)
+            for g, lr in zip(optim.param_groups, base_lrs):
+                g["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = answer_loss(model, ids, labels, mask, feats, device)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            if step % 50 == 0 or step == steps:
+                history.append({"step": step, "loss": round(loss.item(), 4)})
+                print(f"epoch {epoch + 1}/{args.epochs} step {step}/{steps} loss {loss.item():.4f} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+    model.eval()
+    return history
+
+
+def save_weights(out: Path, model, wrapped: dict[str, LoRALinear]) -> None:
+    """projector.safetensors, and lora.safetensors when LoRA was trained."""
+    out.mkdir(parents=True, exist_ok=True)
+    projector = {k: v.detach().float().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    save_file(projector, out / "projector.safetensors")
+    if wrapped:
+        save_file(lora_state(wrapped), out / "lora.safetensors")
+
+
 def train(args) -> dict:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -146,60 +219,18 @@ def train(args) -> dict:
     if args.limit:
         train_set, test_set = train_set[: args.limit], test_set[: args.limit]
     t0 = time.time()
-    train_ids = sorted({ex.image_id for ex in train_set})
-    test_ids = sorted({ex.image_id for ex in test_set})
-    train_feats = image_features(model, processor, [easyvqa.load_split_image_path("train", i) for i in train_ids], device)
-    test_feats = image_features(model, processor, [easyvqa.load_split_image_path("test", i) for i in test_ids], device)
-    train_index = {img: k for k, img in enumerate(train_ids)}
-    test_index = {img: k for k, img in enumerate(test_ids)}
-    print(f"image features: {len(train_ids)} train + {len(test_ids)} test images in {time.time() - t0:.1f}s", flush=True)
+    train_feats = split_features(model, processor, "train", train_set, device)
+    test_feats = split_features(model, processor, "test", test_set, device)
+    print(f"image features: {len(train_feats.index)} train + {len(test_feats.index)} test images in "
+          f"{time.time() - t0:.1f}s", flush=True)
 
-    params = list(model.model.multi_modal_projector.parameters())
-    model.model.multi_modal_projector.requires_grad_(True)
-    wrapped = add_lora(model, args.lora_rank, args.lora_alpha) if args.lora_rank > 0 else {}
-    lora_params = [p for m in wrapped.values() for p in (m.lora_A, m.lora_B)]
-    groups = [{"params": params, "lr": args.lr}] + ([{"params": lora_params, "lr": args.lora_lr}] if lora_params else [])
-    optim = torch.optim.AdamW(groups, weight_decay=0.0)
-
-    rows = encode(processor, train_set, train_feats.shape[1], with_answer=True)
-    steps = args.epochs * math.ceil(len(rows) / args.batch_size)
-    base_lrs = [g["lr"] for g in groups]
-    step, history = 0, []
-    model.train()
-    for epoch in range(args.epochs):
-        order = list(range(len(rows)))
-        random.shuffle(order)
-        for i in range(0, len(order), args.batch_size):
-            batch = order[i : i + args.batch_size]
-            ids, labels, mask = collate([rows[k] for k in batch], tokenizer.pad_token_id, device)
-            feats = train_feats[[train_index[train_set[k].image_id] for k in batch]]
-            warm = min(1.0, (step + 1) / 50)
-            for g, lr in zip(groups, base_lrs):
-                g["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * step / steps))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                h = hidden_states(model, ids, mask, feats)
-            # Next-token loss on the answer tokens only: position t predicts token t+1.
-            pos = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-            logits = model.lm_head(h[:, :-1][pos].float())
-            loss = F.cross_entropy(logits, labels[:, 1:][pos])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            step += 1
-            if step % 50 == 0 or step == steps:
-                history.append({"step": step, "loss": round(loss.item(), 4)})
-                print(f"epoch {epoch + 1}/{args.epochs} step {step}/{steps} loss {loss.item():.4f} "
-                      f"({time.time() - t0:.0f}s)", flush=True)
-    model.eval()
-    acc = fast_accuracy(model, processor, test_set, test_feats, test_index, device)
+    optim, wrapped = make_optimizer(model, args)
+    history = train_epochs(model, processor, optim, train_set, train_feats, args, device, t0)
+    acc = fast_accuracy(model, processor, test_set, test_feats.feats, test_feats.index, device)
     print(f"easy-VQA test accuracy (fast mode, {len(test_set)} questions): {acc:.4f}", flush=True)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    projector = {k: v.detach().float().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    save_file(projector, out / "projector.safetensors")
-    if wrapped:
-        save_file(lora_state(wrapped), out / "lora.safetensors")
+    save_weights(out, model, wrapped)
     info = {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_lr": args.lora_lr,
             "train_questions": len(train_set), "test_questions": len(test_set),

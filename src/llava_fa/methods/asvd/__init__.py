@@ -21,16 +21,21 @@ import torch
 from llava_fa.errors import ConfigError
 from llava_fa.formats.lowrank import LowRankLinear, max_rank_for_bits, split_svd
 from llava_fa.calibration.stats import SQ, LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import FACTOR_GROUP_HELP
 
 
 @dataclass
 class RankOptions(MethodConfig):
-    rank: int | None = None
-    bpw: float | None = None
-    param_ratio: float = 0.9
-    lr_bits: int = 16  # 16: float16 factors; 2..8: affine codes per group of `lr_group`
-    lr_group: int = 64
+    """The rank and factor-storage options of the factor-only methods (asvd, svd-llm)."""
+
+    rank: int | None = option(None, "rank of the factors, capped at min(m, n); overrides bpw and param_ratio")
+    bpw: float | None = option(None, "target bits per weight: the largest rank whose layer fits, every stored "
+                                     "bit counted; overrides param_ratio")
+    param_ratio: float = option(0.9, "rank from stored / dense parameters when neither rank nor bpw is set, "
+                                     "in (0, 1] (0.9: the ASVD paper's middle setting)")
+    lr_bits: int = option(16, "factor storage: 16 = float16, 2 to 8 = affine codes per group of lr_group")
+    lr_group: int = option(64, FACTOR_GROUP_HELP)
 
     def check_rank(self, method: str) -> None:
         if self.rank is not None and self.rank < 0:
@@ -54,9 +59,9 @@ class RankOptions(MethodConfig):
 
 @dataclass
 class ASVDConfig(RankOptions):
-    alpha: float = 0.5
-    store_scale: bool = False  # store s^alpha as a vector instead of folding it into B
-    modality: Literal["all", "text", "image"] = "all"
+    alpha: float = option(0.5, "exponent of the channel scale s^alpha, >= 0 (0: plain SVD)")
+    store_scale: bool = option(False, "store s^alpha as a vector instead of folding its inverse into B")
+    modality: Literal["all", "text", "image"] = option("all", "tokens whose statistics give the channel scale s")
 
     def check(self) -> None:
         self.check_rank("asvd")

@@ -1,7 +1,8 @@
-"""`caldera`: W ~= Q + L R with a low-bit Q and low-bit low-rank factors (Saha et al., 2024).
+"""`caldera`: W ~= Q + L R with a low-bit Q and low-bit low-rank factors (Saha et al., 2024), fitted by
+Hessian-weighted alternating minimization. Stored in the `lowrank` format.
 
-Hessian-weighted (H = 2/N X^T X) alternating minimization of ||(W - Q - L R) X^T||_F, `iters` outer
-rounds (default 15, the paper's outer iterations), keeping the best round:
+The objective is ||(W - Q - L R) X^T||_F (H = 2/N X^T X), over `iters` outer rounds (default 15, the
+paper's outer iterations), keeping the best round:
 1. Q = GPTQ/LDLQ of W - L R at `q_bits` (default 2) with groups of `group_size` (GPTQ's
    error feedback is LDLQ; the paper's QuIP# E8 lattice codebook with Hadamard incoherence
    processing is replaced by plain affine per-group codes);
@@ -13,7 +14,7 @@ Rounds stop early at the first one that does not lower the weighted error (on ra
 the second round is often the best: re-quantizing Q draws fresh rounding noise that the factors,
 fitted to the previous noise, do not match), and the best round is stored.
 Rank: `rank` (default 64, capped at min(m, n)); the paper uses 64-256 for 4096-wide layers, so 64 is
-a proportionally large rank for our 576/1536-wide layers. Stored in the `lowrank` format.
+a proportionally large rank for our 576/1536-wide layers.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from torch import nn
 from llava_fa.errors import ConfigError
 from llava_fa.formats.lowrank import LowRankLinear, factor_group
 from llava_fa.calibration.stats import XTX, LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
-from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options, check_group_divides
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.methods.svd_llm import whitened_factors
 from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
@@ -36,15 +37,16 @@ from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
 
 @dataclass
 class CALDERAConfig(MethodConfig):
-    rank: int = 64
-    q_bits: int = 2
-    group_size: int = 64
-    lr_bits: int = 4
-    lr_group: int = 64
-    iters: int = 15
-    inner_iters: int = 1
-    damp: float = 0.01
-    modality: Literal["all", "text", "image"] = "all"
+    rank: int = option(64, "rank of L R, capped at min(m, n); 0: Q alone")
+    q_bits: int = option(2, "bits per code of Q (quantized by GPTQ/LDLQ), 1 to 8")
+    group_size: int = option(64, "weights per scale and zero of Q, consecutive along a row; -1: one group per row")
+    lr_bits: int = option(4, "bits per code of the factors L and R, 2 to 8 (the paper's 4-bit factors)")
+    lr_group: int = option(64, FACTOR_GROUP_HELP)
+    iters: int = option(15, "outer rounds (Q, then L R), >= 1; stops at the first that does not lower the "
+                            "weighted error (the paper's 15)")
+    inner_iters: int = option(1, "rounds of R then L by least squares per outer round, >= 1")
+    damp: float = option(0.01, "fraction of H's mean diagonal added to H, in [0, 1)")
+    modality: Literal["all", "text", "image"] = option("all", "tokens whose X^T X forms H")
 
     def check(self) -> None:
         check_affine_options("caldera", self.q_bits, self.group_size, False)

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from llava_fa.errors import ConfigError
+from llava_fa.formats.budget import largest_rank_within
 from llava_fa.formats.fourier import Layout
 from llava_fa.methods.fa.config import DEFAULT_RANK, FAConfig
 from llava_fa.transforms.fourier import spectrum_shape
@@ -61,24 +62,10 @@ def plan_layer(cfg: FAConfig, m: int, n: int) -> dict[str, Any]:
                                   f"({layer_bits(m, n, p) / (m * n):.3f} bpw); raise --bpw or grow --group-size")
         if cfg.structure == "quant":
             return p
-    p["rank"] = _largest_rank(m, n, p, budget, rmax)
+    p["rank"] = largest_rank_within(lambda rank: layer_bits(m, n, {**p, "rank": rank}), budget, rmax)
     if cfg.structure == "lowrank" and p["rank"] == 0:
         raise ConfigError(f"fa: --bpw {cfg.bpw} cannot hold a rank-1 low-rank part of a {m}x{n} layer; raise --bpw")
     return p
-
-
-def _largest_rank(m: int, n: int, p: dict[str, Any], budget: int, rmax: int) -> int:
-    """Bits grow with the rank: binary search of the largest rank within the budget."""
-    lo, hi = 0, rmax
-    if layer_bits(m, n, {**p, "rank": 0}) > budget:
-        return 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if layer_bits(m, n, {**p, "rank": mid}) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _lower_bits(p: dict[str, Any], cfg: FAConfig) -> bool:

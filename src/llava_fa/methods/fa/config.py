@@ -7,46 +7,49 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llava_fa.errors import ConfigError
-from llava_fa.methods.base import MethodConfig
+from llava_fa.methods.base import MethodConfig, option
 
 DEFAULT_RANK = 8  # used by joint/lowrank when neither rank, rank_fraction nor bpw is given
 
 
 @dataclass
 class FAConfig(MethodConfig):
-    # Domain of the approximation: half 2-D spectrum, 1-D spectrum along the input axis, full 2-D
-    # spectrum (stores twice the reals: an ablation), or the weight itself (spatial control).
-    transform: Literal["rfft2", "rfft", "fft2", "none"] = "rfft2"
-    # joint: low-rank + quantized residual; lowrank: low-rank part only; quant: codes only (rank 0).
-    structure: Literal["joint", "lowrank", "quant"] = "joint"
-    # Absolute rank of the spectral low-rank part, clamped to the layer's max rank (joint at rank 0
-    # is the same as quant, so rank sweeps can start at 0).
-    rank: int | None = None
-    rank_fraction: float | None = None  # or a fraction of the max rank min(m, h)
-    lr_bits: int = 8  # low-rank factors: 16 (float16) or 8 / 4 (symmetric, one scale per component)
-    quantizer: Literal["polar", "cartesian"] = "polar"
-    # PolarQuant magnitude bits b_r and phase bits b_theta (cartesian: (b_r + b_theta)/2 bits per part).
+    transform: Literal["rfft2", "rfft", "fft2", "none"] = option(
+        "rfft2", "domain of the approximation: half 2-D spectrum, 1-D spectrum along the input axis, full 2-D "
+                 "spectrum (stores twice the reals: an ablation), or the weight itself (spatial control)")
+    structure: Literal["joint", "lowrank", "quant"] = option(
+        "joint", "joint: low-rank + quantized residual; lowrank: low-rank part only; quant: codes only (rank 0)")
+    # Joint at rank 0 is the same as quant, so rank sweeps can start at 0.
+    rank: int | None = option(None, "absolute rank of the spectral low-rank part, clamped to the layer's max rank "
+                                    f"min(m, h) (default {DEFAULT_RANK} without rank_fraction or bpw)")
+    rank_fraction: float | None = option(None, "rank as a fraction of the max rank min(m, h), in (0, 1]")
+    lr_bits: int = option(8, "low-rank factors: 16 (float16) or 8 / 4 (symmetric, one scale per component)")
+    quantizer: Literal["polar", "cartesian"] = option(
+        "polar", "codes of complex entries: PolarQuant (magnitude and phase) or cartesian "
+                 "((mag_bits + phase_bits)/2 bits to each of the real and imaginary part)")
     # Phase gets 2 more bits: on the testbed's spectra the equal split b+b has ~30% more error than
     # (b-1)+(b+1) at the same bits (scripts/fa_layer_study.py).
-    mag_bits: int = 2
-    phase_bits: int = 4
-    # Bits of each real stored value (self-conjugate entries; all of W for transform none).
-    # Default ceil((b_r + b_theta)/2): a complex code spends b_r + b_theta bits on 2 reals.
-    real_bits: int | None = None
-    group_size: int = 64  # entries per scale, consecutive along a row of the grid; -1: one group per row
-    # PolarQuant magnitude levels (ignored by cartesian and by transform none, which store uniform codes).
-    levels: Literal["uniform", "lloyd"] = "lloyd"
-    # Per-group clipping search of every scale (codes and quantized factors) by squared error,
-    # instead of the plain absmax; never worse, ~17x the (cheap) quantization time.
-    scale_search: bool = True
-    odc: Literal["off", "data-free", "calibrated"] = "data-free"
-    odc_alpha: float = 0.5  # data-free: c_j = colRMS_j^-alpha; calibrated: c_j = mean(x_j^2)^(alpha/2)
-    odc_rows: bool = False  # also row scales r_i = rowRMS_i^-alpha (of the column-scaled weight)
-    modality: Literal["all", "text", "image"] = "all"  # tokens whose statistics calibrated ODC uses
-    iters: int = 5  # alternations of low-rank fit and quantization (joint only); the best is kept
-    # Target bits per weight (every stored bit counted). When set, the rank is chosen (and the code
-    # bits lowered if even rank 0 does not fit): see methods/fa/budget.py.
-    bpw: float | None = None
+    mag_bits: int = option(2, "PolarQuant magnitude bits b_r, 1 to 8")
+    phase_bits: int = option(4, "PolarQuant phase bits b_theta, 1 to 8")
+    # A complex code spends b_r + b_theta bits on 2 reals, hence the default.
+    real_bits: int | None = option(None, "bits of each real stored value (self-conjugate entries; all of W for "
+                                         "transform none); default ceil((b_r + b_theta)/2)")
+    group_size: int = option(64, "entries per scale, consecutive along a row of the grid; -1: one group per row")
+    levels: Literal["uniform", "lloyd"] = option(
+        "lloyd", "PolarQuant magnitude levels (ignored by cartesian and by transform none, which store uniform codes)")
+    # Never worse than the plain absmax, at ~17x the (cheap) quantization time.
+    scale_search: bool = option(True, "per-group clipping search of every scale (codes and quantized factors) "
+                                      "by squared error, instead of the plain absmax")
+    odc: Literal["off", "data-free", "calibrated"] = option(
+        "data-free", "diagonal column scales before the transform (methods/fa/odc.py): off, from the weight's "
+                     "column RMS, or from the inputs' mean x^2 (needs calibration data)")
+    odc_alpha: float = option(0.5, "ODC exponent in [0, 2]: data-free c_j = colRMS_j^-alpha, calibrated "
+                                   "c_j = mean(x_j^2)^(alpha/2)")
+    odc_rows: bool = option(False, "also row scales r_i = rowRMS_i^-alpha (of the column-scaled weight)")
+    modality: Literal["all", "text", "image"] = option("all", "tokens whose statistics calibrated ODC uses")
+    iters: int = option(5, "alternations of low-rank fit and quantization (joint only), >= 1; the best is kept")
+    bpw: float | None = option(None, "target bits per weight, every stored bit counted: chooses the rank and "
+                                     "lowers the code bits if even rank 0 does not fit (methods/fa/budget.py)")
 
     def resolved_real_bits(self) -> int:
         return self.real_bits if self.real_bits is not None else math.ceil((self.mag_bits + self.phase_bits) / 2)

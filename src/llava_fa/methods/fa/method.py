@@ -1,4 +1,7 @@
-"""`fa`: LLaVA-FA, joint low-rank + quantization of the weight's Fourier spectrum."""
+"""`fa`: LLaVA-FA, joint low-rank + quantization of the weight's Fourier spectrum (PolarQuant codes,
+FourierSVD factors, optional diagonal calibration ODC), calibration-free by default. Stored in the
+`fourier` format.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """`hadamard`: randomized Hadamard rotation of the input dimension, then RTN or GPTQ (QuaRot/QuIP#-style
-incoherence processing as a baseline). W_r = W R^T is quantized (GPTQ with the rotated Hessian
-R H R^T); the `hadamard` format stores the codes of W_r and the sign vector, and dequantize() applies
-the inverse rotation. See format.py for the block-diagonal Hadamard used for widths that are not
-powers of two. Defaults: 4 bits, groups of 64, asymmetric, base gptq (as QuaRot; `base rtn` needs no
-calibration data), seed 0.
+incoherence processing as a baseline). Stored in the `hadamard` format.
+
+W_r = W R^T is quantized (GPTQ with the rotated Hessian R H R^T); the `hadamard` format stores the
+codes of W_r and the sign vector, and dequantize() applies the inverse rotation. The block-diagonal
+Hadamard used for widths that are not powers of two is described in formats/hadamard.py (the
+rotations live in transforms/hadamard.py). Defaults: 4 bits, groups of 64, asymmetric, base gptq
+(as QuaRot).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from torch import nn
 
 from llava_fa.errors import ConfigError
 from llava_fa.calibration.stats import XTX, LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
-from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options, check_group_divides
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.formats.hadamard import HadamardLinear
 from llava_fa.transforms.hadamard import (fwht, hadamard_block, random_signs, rotate_hessian, rotate_weight,
@@ -30,15 +32,15 @@ __all__ = ["HadamardConfig", "Hadamard", "HadamardLinear", "fwht", "hadamard_blo
 
 @dataclass
 class HadamardConfig(MethodConfig):
-    bits: int = 4
-    group_size: int = 64
-    sym: bool = False
-    base: Literal["rtn", "gptq"] = "gptq"
-    seed: int = 0
-    damp: float = 0.01
-    block_size: int = 128
-    act_order: bool = False
-    modality: Literal["all", "text", "image"] = "all"
+    bits: int = option(4, "bits per code of the rotated weight, 1 to 8")
+    group_size: int = option(64, GROUP_SIZE_HELP)
+    sym: bool = option(False, SYM_HELP)
+    base: Literal["rtn", "gptq"] = option("gptq", "quantizer of the rotated weight; rtn needs no calibration data")
+    seed: int = option(0, "seed of the random sign vector (the signs themselves are stored)")
+    damp: float = option(0.01, "gptq: fraction of H's mean diagonal added to H, in [0, 1)")
+    block_size: int = option(128, "gptq: columns updated together (lazy batch updates); does not change the result")
+    act_order: bool = option(False, "gptq: quantize columns by decreasing H_jj; groups stay contiguous")
+    modality: Literal["all", "text", "image"] = option("all", "gptq: tokens whose X^T X forms H")
 
     def check(self) -> None:
         check_affine_options("hadamard", self.bits, self.group_size, self.sym)

@@ -25,8 +25,8 @@ from torch import nn
 from llava_fa.errors import ConfigError
 from llava_fa.formats import AffineLinear
 from llava_fa.calibration.stats import LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
-from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import GROUP_SIZE_HELP, check_affine_options, check_group_divides
 from llava_fa.quantizers import fit, resolve_group_size
 from llava_fa.quantizers.float16 import F16 as _F16, f16_up
 
@@ -34,13 +34,13 @@ from llava_fa.quantizers.float16 import F16 as _F16, f16_up
 
 @dataclass
 class HQQConfig(MethodConfig):
-    bits: int = 4
-    group_size: int = 64  # as rtn/gptq (HQQ's own default is 64)
-    lp_norm: float = 0.7
-    beta: float = 10.0
-    kappa: float = 1.01
-    iters: int = 20
-    opt_scale: bool = False  # also update the scale each iteration (HQQ's default: zero only)
+    bits: int = option(4, "bits per code, 1 to 8")
+    group_size: int = option(64, GROUP_SIZE_HELP)  # as rtn/gptq, and HQQ's own default
+    lp_norm: float = option(0.7, "p of the sparsity-promoting loss ||w - s (q - z)||_p^p, in (0, 1] (published 0.7)")
+    beta: float = option(10.0, "initial weight of the half-quadratic coupling (published 10)")
+    kappa: float = option(1.01, "beta is multiplied by kappa each iteration, >= 1 (published 1.01)")
+    iters: int = option(20, "half-quadratic iterations; the per-group best is kept (published 20)")
+    opt_scale: bool = option(False, "also refit the scale by least squares each iteration (HQQ's default: zero only)")
 
     def check(self) -> None:
         check_affine_options("hqq", self.bits, self.group_size, False)

@@ -1,11 +1,11 @@
-"""`lqer`: low-rank quantization error reconstruction, L2QER variant (Zhang et al., 2024).
+"""`lqer`: low-rank quantization error reconstruction, L2QER variant (Zhang et al., 2024): a per-group
+RTN base plus a low-rank fit of its error, weighted by the input channels' RMS. Stored in `lowrank`.
 
 W ~= Q(W) + A B: Q = per-group RTN (`bits`, `group_size`); E = W - Q; with s = sqrt(mean x^2) per
 input channel (L2QER's activation scale), E diag(s) = U S V^T truncated to `rank` (default 32):
 A = U_r S_r^1/2, B = S_r^1/2 V_r^T diag(1/s) (folded into B before B is quantized). The factors are
 stored at `lr_bits` (default 8, as LQER's W4A8 setting keeps the low-rank matrices in 8 bits; here
-affine codes per group of `lr_group`; 16 stores float16). Stored in the `lowrank` format.
-Without statistics s = 1 (plain LQER).
+affine codes per group of `lr_group`; 16 stores float16). Without statistics s = 1 (plain LQER).
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ from llava_fa.errors import ConfigError
 from llava_fa.formats.lowrank import LowRankLinear, split_svd
 from llava_fa.methods.asvd import channel_scale
 from llava_fa.calibration.stats import SQ, LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
-from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options, check_group_divides
 from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
 
 
 @dataclass
 class LQERConfig(MethodConfig):
-    bits: int = 4
-    group_size: int = 64
-    rank: int = 32
-    lr_bits: int = 8
-    lr_group: int = 64
-    modality: Literal["all", "text", "image"] = "all"
+    bits: int = option(4, "bits per code of the RTN base Q, 1 to 8")
+    group_size: int = option(64, "weights per scale and zero of Q, consecutive along a row; -1: one group per row")
+    rank: int = option(32, "rank of the error correction A B, capped at min(m, n); 0: Q alone")
+    lr_bits: int = option(8, "factor storage: 16 = float16, 2 to 8 = affine codes per group of lr_group "
+                             "(8: LQER's W4A8 setting)")
+    lr_group: int = option(64, FACTOR_GROUP_HELP)
+    modality: Literal["all", "text", "image"] = option("all", "tokens whose statistics give the channel RMS s")
 
     def check(self) -> None:
         check_affine_options("lqer", self.bits, self.group_size, False)

@@ -9,16 +9,17 @@ from torch import nn
 
 from llava_fa.formats import AffineLinear
 from llava_fa.calibration.stats import LayerStats
-from llava_fa.methods.base import Method, MethodConfig, register_method
-from llava_fa.methods.common import check_affine_options, check_group_divides
+from llava_fa.methods.base import Method, MethodConfig, option, register_method
+from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options, check_group_divides
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 
 @dataclass
 class RTNConfig(MethodConfig):
-    bits: int = 4
-    group_size: int = 64  # 64 divides the testbed's widths (576, 1536); 128 does not divide 576
-    sym: bool = False
+    bits: int = option(4, "bits per code, 1 to 8")
+    # 64 divides the testbed's widths (576, 1536); 128 does not divide 576.
+    group_size: int = option(64, GROUP_SIZE_HELP)
+    sym: bool = option(False, SYM_HELP)
 
     def check(self) -> None:
         check_affine_options("rtn", self.bits, self.group_size, self.sym)

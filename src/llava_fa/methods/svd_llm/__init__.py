@@ -20,14 +20,16 @@ from llava_fa.errors import ConfigError, DataError
 from llava_fa.formats.lowrank import LowRankLinear, split_svd
 from llava_fa.methods.asvd import RankOptions
 from llava_fa.calibration.stats import XTX, LayerStats
-from llava_fa.methods.base import Method, register_method
+from llava_fa.methods.base import Method, option, register_method
 
 
 @dataclass
 class SVDLLMConfig(RankOptions):
-    param_ratio: float = 0.8
-    damp: float = 1e-4
-    modality: Literal["all", "text", "image"] = "all"
+    param_ratio: float = option(0.8, "rank from stored / dense parameters when neither rank nor bpw is set, "
+                                     "in (0, 1] (0.8: the SVD-LLM paper's 20% compression)")
+    damp: float = option(1e-4, "added to X^T X times its mean diagonal so that the Cholesky succeeds, in [0, 1); "
+                               "raised tenfold until it does")
+    modality: Literal["all", "text", "image"] = option("all", "tokens whose X^T X whitens the weight")
 
     def check(self) -> None:
         self.check_rank("svd-llm")

@@ -1,0 +1,135 @@
+"""Compression end to end: a model directory in, a compressed checkpoint out.
+
+The stages live in submodules: planning.py (what to compress, in which blocks), sequential.py
+(calibrating and compressing block by block), workdir.py (shards for resuming), report.py (the
+per-layer report and its errors).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from llava_fa.errors import ConfigError, DataError
+from llava_fa.methods.base import Method, MethodConfig, build_config, get_method
+from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
+from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
+from llava_fa.pipeline.sequential import compress_model, image_token_id
+from llava_fa.pipeline.workdir import WorkDir, drop_if_empty, finished_blocks, make_fingerprint, prepare_work_dir
+from llava_fa.runtime import resolve_dtype
+from llava_fa.selection import default_patterns, find_parts, select
+
+__all__ = ["compress_checkpoint", "compress_model", "summarize", "bits_by_part", "image_token_id", "LayerReport",
+           "plan", "Plan", "make_plan", "resolve_model_path", "make_fingerprint", "WorkDir", "check_targets",
+           "default_patterns", "find_parts", "select"]
+
+# Bumped when shards written by an older version could not be resumed by this one.
+WORK_DIR_VERSION = 1
+
+
+def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: str = "cpu", dtype: str = "auto",
+                        work_dir: Path | None = None, restart: bool = False, overwrite: bool = False,
+                        on_info: Callable[[str], None] | None = None,
+                        on_block: Callable[[int, int, str], None] | None = None,
+                        on_row: Callable[[LayerReport], None] | None = None) -> dict[str, Any]:
+    """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report."""
+    from llava_fa.io.checkpoint import quantization_config, read_config, save_compressed
+
+    info = on_info or _silent
+    method, config = check_options(recipe, out, overwrite)  # what can be checked without the model, first
+    path = resolve_model_path(model_path)
+    check_not_compressed(path)
+    t0 = time.perf_counter()
+    model, processor = load(path, device, dtype)
+    parts = find_parts(model)
+    names, targets, ignore = plan(model, recipe, parts)
+    blocks = make_plan(model, names, method, parts)
+    info(f"{len(names)} linear layers selected ({sum(model.get_submodule(n).weight.numel() for n in names):,} weights)")
+    samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=parts.vision is not None)
+    info(f"calibration: {described}")
+
+    work_dir = Path(work_dir) if work_dir is not None else Path(out).parent / f".{Path(out).name}.work"
+    fingerprint = make_fingerprint(str(path.resolve()), read_config(path), recipe.to_dict(), config.to_dict(), names,
+                                   WORK_DIR_VERSION)
+    resumed = prepare_work_dir(work_dir, fingerprint, restart)
+    if resumed:
+        info(f"resuming from {work_dir}: {finished_blocks(work_dir)} finished block(s) will be loaded, not recomputed")
+    try:
+        rows = compress_model(model, method, names, samples, device=device, work_dir=work_dir,
+                              fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks)
+    except BaseException:
+        drop_if_empty(work_dir, resumed)
+        raise
+    report = {"model": str(path), "method": recipe.method, "method_config": config.to_dict(),
+              "targets": targets, "ignore": ignore, "calibration": described, "device": str(device),
+              "layers": [r.to_dict() for r in rows], "summary": summarize(rows),
+              "wall_seconds": time.perf_counter() - t0}
+    qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
+    save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return report
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def check_options(recipe, out: Path, overwrite: bool) -> tuple[Method, MethodConfig]:
+    """The method with its config, after every check of the options that needs no model."""
+    from llava_fa.calibration.data import SOURCES
+
+    config = build_config(recipe.method, recipe.options)
+    method = get_method(recipe.method)(config)
+    cal = recipe.calibration
+    if cal.nsamples < 0 or cal.seqlen < 1:
+        raise ConfigError(f"--nsamples must be >= 0 and --seqlen >= 1 (got {cal.nsamples}, {cal.seqlen})")
+    if cal.source not in SOURCES and not Path(cal.source).is_file():
+        raise DataError(f"calibration source {cal.source!r} is neither one of {', '.join(SOURCES)} nor an existing "
+                        f"text file")
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"{out} already exists. Fix: pass --overwrite or choose another --out")
+    return method, config
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A model directory; the name `testbed` stands for the testbed built in the user cache."""
+    from llava_fa.paths import cache_dir
+
+    if str(model) == "testbed":
+        path = cache_dir() / "testbed"
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"the testbed is not built yet ({path} has no config.json). "
+                              f"Fix: run `llava-fa testbed build` first, or pass a model directory")
+        return path
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model {path} does not exist; pass a Hugging Face model directory (config.json + "
+                          f"*.safetensors) or `testbed`")
+    return path
+
+
+def check_not_compressed(path: Path) -> None:
+    from llava_fa.io.checkpoint import read_config
+
+    qc = read_config(path).get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == "llava_fa":
+        raise ConfigError(f"{path} is already compressed by llava-fa; compress the original model instead")
+
+
+def load(path: Path, device: str, dtype: str):
+    """(model on the CPU, its processor or None) in the precision it will compute in on `device`
+    (runtime.resolve_dtype: `auto` is float32 on CPU, the stored dtype on CUDA)."""
+    from llava_fa.io.checkpoint import load_model, load_processor
+
+    return load_model(path, "cpu", resolve_dtype(dtype, device)), load_processor(path)
+
+
+def calibration_samples(processor, cal, path: Path, multimodal: bool) -> tuple[list[dict], str]:
+    from llava_fa.calibration.data import build_samples
+
+    if cal.nsamples and processor is None:
+        raise DataError(f"{path} has no tokenizer/processor to build calibration samples; pass --nsamples 0 "
+                        f"(methods without calibration only)")
+    return build_samples(processor, cal.source, cal.nsamples, cal.seqlen, cal.seed, multimodal=multimodal)

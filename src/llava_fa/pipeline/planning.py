@@ -1,0 +1,90 @@
+"""What the pipeline will compress, checked once before any work, and in which blocks.
+
+A block is one unit of progress and one shard of the work dir: `pre` (targets that run before the
+decoder layers: vision tower, projector), `layer_NNN` (the targets of one decoder layer) and
+`post` (the LM head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llava_fa.errors import ConfigError, DataError
+from llava_fa.methods.base import Method
+from llava_fa.selection import Parts, find_parts, recipe_patterns, select
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The selected linear layers of one model, grouped into blocks in the order they are compressed."""
+
+    parts: Parts
+    names: tuple[str, ...]  # every target, in module order
+    pre: tuple[str, ...]  # outside the decoder layers, run before them
+    layers: dict[int, tuple[str, ...]]  # decoder layer index -> its targets
+    post: tuple[str, ...]  # the LM head
+    num_layers: int  # decoder layers in the model, targeted or not
+
+    @property
+    def blocks(self) -> list[str]:
+        return ((["pre"] if self.pre else []) + [layer_block(i) for i in sorted(self.layers)]
+                + (["post"] if self.post else []))
+
+    @property
+    def image_only_prefixes(self) -> tuple[str, ...]:
+        """Modules under these names see image features only (their statistics are `image` tokens)."""
+        return tuple(p + "." for p in (self.parts.vision, self.parts.projector) if p)
+
+    def last_layer(self, calibrated: bool) -> int:
+        """Index of the last decoder layer to run (-1: none). Calibrating the LM head needs the
+        outputs of every layer; otherwise the run stops after the last targeted one."""
+        if self.post and calibrated:
+            return self.num_layers - 1
+        return max(self.layers) if self.layers else -1
+
+
+def layer_block(index: int) -> str:
+    return f"layer_{index:03d}"
+
+
+def make_plan(model: nn.Module, names: list[str], method: Method, parts: Parts | None = None) -> Plan:
+    """Check the targets (once) and group them into blocks."""
+    parts = parts or find_parts(model)
+    check_targets(model, names, method)
+    layers: nn.ModuleList = model.get_submodule(parts.layers)
+    if len({getattr(layer, "attention_type", None) for layer in layers}) > 1:
+        raise ConfigError("decoder layers with different attention types (sliding/full) are not supported yet")
+    per_layer: dict[int, list[str]] = {}
+    pre, post = [], []
+    for name in names:
+        if name.startswith(parts.layers + "."):
+            per_layer.setdefault(int(name[len(parts.layers) + 1:].split(".")[0]), []).append(name)
+        elif name == parts.lm_head:
+            post.append(name)
+        else:
+            pre.append(name)
+    return Plan(parts=parts, names=tuple(names), pre=tuple(pre),
+                layers={i: tuple(v) for i, v in sorted(per_layer.items())}, post=tuple(post), num_layers=len(layers))
+
+
+def check_targets(model: nn.Module, names: list[str], method: Method) -> None:
+    """Everything that can be wrong with the targets, found before any work starts."""
+    for name in names:
+        mod = model.get_submodule(name)
+        if not isinstance(mod, nn.Linear):
+            raise ConfigError(f"{name} is a {type(mod).__name__}, not a linear layer")
+        if not torch.isfinite(mod.weight).all():
+            bad = int((~torch.isfinite(mod.weight)).sum())
+            raise DataError(f"layer {name} has {bad} NaN/Inf weight(s); the model is broken. "
+                            f"Fix: check the checkpoint you are compressing")
+        method.check_layer(name, mod)
+
+
+def plan(model: nn.Module, recipe, parts: Parts | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(selected names, targets, ignore) for a recipe on a model."""
+    targets, ignore = recipe_patterns(parts or find_parts(model), recipe.targets, recipe.ignore, recipe.vision,
+                                      recipe.projector)
+    return select(model, targets, ignore), targets, ignore

@@ -1,0 +1,146 @@
+"""The compression report: one row per layer, its summary, and the errors it gives.
+
+The activation error is measured on the inputs a compressed module receives in the forward pass
+that follows its compression (`ActivationErrorMeter`), so no statistic is collected for the report
+alone: methods get exactly the statistics their `needs` ask for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from llava_fa.formats import CompressedLinear
+
+
+@dataclass
+class LayerReport:
+    name: str
+    block: str
+    out_features: int
+    in_features: int
+    method: str
+    format: str
+    storage_bits: int
+    bpw: float
+    rel_error: float  # ||W - W_hat||_F / ||W||_F
+    # ||(W - W_hat) X^T||_F / ||W X^T||_F, X the calibration tokens (rows, all modalities) that the
+    # compressed layer receives in the pass after its compression: for a decoder layer, the pass that
+    # computes the next layer's inputs (so earlier layers, and layers before it in the same decoder
+    # layer, are compressed); for vision tower / projector, the pass up to the first decoder layer;
+    # for the LM head, the final normed hidden states. None without calibration samples, or when the
+    # layer saw no token.
+    act_error: float | None
+    seconds: float
+    # Stored bits per part (codes, scales, masks...) where the format itemizes them, so bpw can be
+    # reported under the conventions of other papers too (e.g. sign codes only for binarization).
+    bits: dict[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def report_row(name: str, block: str, method: str, weight: torch.Tensor, diff: torch.Tensor,
+               compressed: CompressedLinear, seconds: float) -> LayerReport:
+    """A row without its act_error (known only after the next pass). `weight` = W and `diff` =
+    W - W_hat, both float32."""
+    rel = (diff.norm() / weight.norm().clamp_min(1e-30)).item()
+    bits = compressed.bits_breakdown() if hasattr(compressed, "bits_breakdown") else None
+    return LayerReport(name, block, compressed.out_features, compressed.in_features, method, compressed.format,
+                       compressed.storage_bits(), compressed.bits_per_weight(), rel, None, seconds, bits)
+
+
+def summarize(rows: list[LayerReport]) -> dict[str, Any]:
+    weights = sum(r.in_features * r.out_features for r in rows)
+    bits = sum(r.storage_bits for r in rows)
+    acts = [r.act_error for r in rows if r.act_error is not None]
+    return {"layers": len(rows), "weights": weights, "storage_bits": bits, "bpw": bits / weights if weights else 0.0,
+            "mean_rel_error": sum(r.rel_error for r in rows) / max(len(rows), 1),
+            "mean_act_error": sum(acts) / len(acts) if acts else None,
+            "seconds": sum(r.seconds for r in rows), "bits_by_part": bits_by_part(rows)}
+
+
+def bits_by_part(rows: list[LayerReport]) -> dict[str, int] | None:
+    """Stored bits summed per part name over the layers that itemize them (None if none does)."""
+    total: dict[str, int] = {}
+    for r in rows:
+        for k, v in (r.bits or {}).items():
+            total[k] = total.get(k, 0) + v
+    return total or None
+
+
+# --- activation error ----------------------------------------------------------------------------
+
+# Rows of inputs multiplied at once: bounds the (rows, out_features) products to 2^24 floats (64 MiB),
+# which matters for wide outputs such as an LM head.
+_PRODUCT_ELEMENTS = 1 << 24
+
+
+@dataclass
+class _Tracked:
+    module: nn.Module
+    weight: torch.Tensor  # W, float32
+    diff: torch.Tensor  # W - W_hat, float32
+    error_sq: torch.Tensor  # sum of ||(W - W_hat) x||^2, float64, on the device of `diff`
+    signal_sq: torch.Tensor  # sum of ||W x||^2, likewise
+    tokens: int = 0
+
+
+class ActivationErrorMeter:
+    """Accumulates ||(W - W_hat) x||^2 and ||W x||^2 over the inputs x of compressed modules.
+
+    `track` each module after compressing it; while the meter is entered (`with meter:`), forward
+    pre-hooks feed it every input those modules receive. `errors()` gives the act_error per name
+    and drops the dense weights it kept.
+    """
+
+    def __init__(self) -> None:
+        self._tracked: dict[str, _Tracked] = {}
+        self._handles: list = []
+
+    def track(self, name: str, module: nn.Module, weight: torch.Tensor, diff: torch.Tensor) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=diff.device)
+        self._tracked[name] = _Tracked(module, weight.detach().float(), diff.detach().float(), zero, zero.clone())
+
+    def __enter__(self) -> "ActivationErrorMeter":
+        for name, tracked in self._tracked.items():
+            self._handles.append(tracked.module.register_forward_pre_hook(partial(self._on_input, name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _on_input(self, name: str, module: nn.Module, args: tuple) -> None:
+        self.add(name, args[0])
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        """Accumulate the input `x` (..., in_features) of module `name`."""
+        t = self._tracked[name]
+        if t.diff.device != x.device:  # the module ran on another device (the catch pass): follow it once
+            t.weight, t.diff = t.weight.to(x.device), t.diff.to(x.device)
+            t.error_sq, t.signal_sq = t.error_sq.to(x.device), t.signal_sq.to(x.device)
+        rows = x.detach().reshape(-1, x.shape[-1])
+        step = max(1, _PRODUCT_ELEMENTS // t.weight.shape[0])
+        for chunk in rows.split(step):
+            chunk = chunk.float()
+            t.error_sq += (chunk @ t.diff.T).square().sum(dtype=torch.float64)
+            t.signal_sq += (chunk @ t.weight.T).square().sum(dtype=torch.float64)
+        t.tokens += rows.shape[0]
+
+    def errors(self) -> dict[str, float | None]:
+        """act_error per tracked name (None for a module that received no input); frees the weights."""
+        out: dict[str, float | None] = {}
+        for name, t in self._tracked.items():
+            if t.tokens == 0:
+                out[name] = None
+            else:
+                out[name] = math.sqrt((t.error_sq.clamp_min(0) / t.signal_sq.clamp_min(1e-30)).item())
+        self._tracked.clear()
+        return out

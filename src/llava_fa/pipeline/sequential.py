@@ -1,0 +1,338 @@
+"""Sequential, layer-by-layer compression of a model in memory.
+
+Order of work (a "block" is one unit of progress and one shard in the work dir, see planning.py):
+1. `pre`: targets outside the decoder layers that run before them (vision tower, projector),
+   calibrated on one pass of the original model;
+2. the decoder layers, one at a time: the inputs of layer i are captured after layers < i are
+   compressed; statistics of its targeted linears are collected, they are compressed, and the
+   compressed layer's outputs become the next inputs. Only the current layer sits on `device`;
+3. `post`: the LM head, calibrated on the final (normed) hidden states.
+Each block's activation errors are measured in the pass that follows its compression (see
+report.py); the block is then saved. A block whose shard exists in the work dir is loaded instead
+of recomputed; its outputs are still recomputed (a forward pass), so a resumed run gives the same
+result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from llava_fa.calibration.stats import LayerStats, StatsCollector
+from llava_fa.errors import ConfigError, DataError
+from llava_fa.formats import CompressedLinear
+from llava_fa.io.modules import set_module
+from llava_fa.methods.base import Method
+from llava_fa.pipeline.devices import device_of, move_except, on_device, to_device
+from llava_fa.pipeline.planning import Plan, layer_block, make_plan
+from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
+from llava_fa.pipeline.workdir import WorkDir
+
+# A block's statistics come from one pass that `feed`s calibration inputs to the block's modules.
+Feed = Callable[[StatsCollector], None]
+
+
+class _StopAtFirstLayer(Exception):
+    """Raised by the hook on the first decoder layer once its inputs are captured."""
+
+
+@dataclass
+class CompressionRun:
+    """What every stage shares: the model and where its parts live, the calibration inputs, progress."""
+
+    model: nn.Module
+    method: Method
+    plan: Plan
+    samples: list[dict]  # batch-1 model inputs; empty: no calibration
+    image_masks: list[torch.Tensor | None]  # per sample, True at image-token positions
+    device: torch.device  # where the work is done
+    home: torch.device  # where the decoder layers live between their turns
+    dtype: torch.dtype
+    stay_home: list[nn.Module]  # what the pass up to the first decoder layer never needs on `device`
+    work: WorkDir
+    on_block: Callable[[int, int, str], None] | None = None
+    on_row: Callable[[LayerReport], None] | None = None
+    rows: list[LayerReport] = field(default_factory=list)
+    finished: int = 0
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.plan.parts.layers)
+
+
+@dataclass
+class OpenBlock:
+    """A block compressed (or loaded) whose rows wait for the pass that measures them."""
+
+    name: str  # its shard: pre, layer_NNN, post
+    label: str  # its progress label
+    modules: dict[str, CompressedLinear]
+    rows: list[LayerReport]
+    meter: ActivationErrorMeter | None  # None: loaded from the work dir, or no calibration samples
+    loaded: bool = False
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+def compress_model(model: nn.Module, method: Method, names: list[str], samples: list[dict], *,
+                   device: str | torch.device = "cpu", work_dir: Path | None = None, fingerprint: str = "",
+                   on_block: Callable[[int, int, str], None] | None = None,
+                   on_row: Callable[[LayerReport], None] | None = None, plan: Plan | None = None
+                   ) -> list[LayerReport]:
+    """Compress the linear layers `names` of `model` in place; return one report row per layer.
+
+    `samples`: calibration inputs (batch-1 dicts), may be empty for methods that need no
+    statistics. `work_dir`: per-block shards; blocks found there (written under the same
+    `fingerprint`) are loaded instead of recomputed. `on_block(done, total, label)` and
+    `on_row(report)` (once per layer, when its block is finished) report progress. `plan`: the
+    plan of `names` if the caller made it already (its targets are not checked again).
+    """
+    # A coarsely quantized layer can feed denormal floats to the next ones, and x86 CPUs process
+    # those ~5x slower (measured: testbed, rtn 3-bit, 130 s -> 27 s). Values below 1e-38 carry no
+    # information here, so flush them to zero while compressing.
+    flushing = torch.set_flush_denormal(True)
+    try:
+        if plan is None:
+            plan = make_plan(model, names, method)
+        elif list(plan.names) != list(names):
+            raise ValueError("compress_model: the plan was made for other layers than `names`")
+        return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
+                               on_block, on_row)
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+
+
+@torch.no_grad()
+def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[dict], device: torch.device,
+                    work_dir: Path | None, fingerprint: str, on_block, on_row) -> list[LayerReport]:
+    check_calibration(model, method, plan, samples)
+    run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device,
+                         home=next(model.get_submodule(plan.parts.layers)[0].parameters()).device,
+                         dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
+                         work=WorkDir(work_dir, fingerprint), on_block=on_block, on_row=on_row)
+    inputs = compress_pre(run)
+    hidden = [args[0] if args else kw.pop("hidden_states") for args, kw in inputs]
+    rest = [(args[1:], kw) for args, kw in inputs]
+    for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
+        compress_layer(run, i, hidden, rest)
+    compress_post(run, hidden)
+    return run.rows
+
+
+def check_calibration(model: nn.Module, method: Method, plan: Plan, samples: list[dict]) -> None:
+    if method.needs and not samples:
+        raise ConfigError(f"method {method.name} needs calibration data; pass --nsamples > 0")
+    if plan.post and samples and not hasattr(model.get_submodule(plan.parts.decoder), "norm"):
+        raise ConfigError(f"cannot calibrate {plan.parts.lm_head}: the decoder has no final `norm`")
+
+
+def image_token_id(model: nn.Module) -> int | None:
+    cfg = model.config
+    for key in ("image_token_id", "image_token_index"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def image_masks(model: nn.Module, samples: list[dict]) -> list[torch.Tensor | None]:
+    img_id = image_token_id(model)
+    return [(s["input_ids"] == img_id) if (img_id is not None and "input_ids" in s) else None for s in samples]
+
+
+def modules_left_home(model: nn.Module, plan: Plan) -> list[nn.Module]:
+    """The catch pass stops at layer 0: the layers and an untied LM head need not visit the device."""
+    stay: list[nn.Module] = [model.get_submodule(plan.parts.layers)]
+    if plan.parts.lm_head and hasattr(model, "get_input_embeddings"):
+        head, emb = model.get_submodule(plan.parts.lm_head), model.get_input_embeddings()
+        if getattr(head, "weight", None) is not getattr(emb, "weight", None):
+            stay.append(head)
+    return stay
+
+
+# --- the three stages ----------------------------------------------------------------------------
+
+def compress_pre(run: CompressionRun) -> list[tuple]:
+    """Compress the vision tower / projector; return the first decoder layer's inputs per sample
+    (captured by the pass that also measures the `pre` block)."""
+    block = None
+    if run.plan.pre:
+        block = open_block(run, "pre", "pre", run.plan.pre, partial(capture_decoder_inputs, run))
+    inputs: list[tuple] = []
+    needs_inputs = run.plan.last_layer(calibrated=True) >= 0
+    if run.samples and (needs_inputs or (block is not None and block.meter is not None)):
+        with measuring(block):
+            inputs = capture_decoder_inputs(run)
+    if block is not None:
+        close_block(run, block)
+    return inputs
+
+
+def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor], rest: list[tuple]) -> None:
+    """Compress the targets of decoder layer `index` (if any); its outputs replace `hidden`."""
+    layer = run.layers[index].to(run.device)
+    names = run.plan.layers.get(index, ())
+    block = None
+    if names:
+        block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
+                           partial(feed_layer, run, layer, hidden, rest))
+    with measuring(block):
+        propagate(layer, hidden, rest)
+    layer.to(run.home)
+    if block is not None:
+        close_block(run, block)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compress_post(run: CompressionRun, hidden: list[torch.Tensor]) -> None:
+    """Compress the LM head, calibrated and measured on the final normed hidden states."""
+    if not run.plan.post:
+        return
+    name = run.plan.post[0]
+    norm = getattr(run.model.get_submodule(run.plan.parts.decoder), "norm", None)
+    run.model.get_submodule(name).to(run.device)
+    block = open_block(run, "post", "post", run.plan.post, partial(feed_head, run, norm, name, hidden))
+    if block.meter is not None:
+        with block.meter:
+            head = run.model.get_submodule(name)
+            for normed, _ in normed_hidden(run, norm, hidden):
+                head(normed)
+    run.model.get_submodule(name).to(run.home)
+    close_block(run, block)
+
+
+# --- one block -----------------------------------------------------------------------------------
+
+def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ...], feed: Feed) -> OpenBlock:
+    """Load a finished block from the work dir, or collect its statistics and compress it."""
+    if run.work.done(block):
+        modules, rows = run.work.load(block, run.device)
+        for name, module in modules.items():
+            set_module(run.model, name, module.to(device_of(run.model.get_submodule(name))))
+        return OpenBlock(block, label, modules, rows, meter=None, loaded=True)
+    stats = collect_block_stats(run, names, feed) if run.method.needs and run.samples else {}
+    meter = ActivationErrorMeter() if run.samples else None
+    modules, rows = {}, []
+    for name in names:
+        modules[name], row = compress_linear(run, block, name, stats.pop(name, None), meter)
+        rows.append(row)  # stats.pop above frees X^T X as soon as it is used
+    return OpenBlock(block, label, modules, rows, meter)
+
+
+def collect_block_stats(run: CompressionRun, names: tuple[str, ...], feed: Feed) -> dict[str, LayerStats]:
+    """The statistics `method.needs` of the block's modules, over one pass of the calibration inputs."""
+    modules = {n: run.model.get_submodule(n) for n in names}
+    modality = {n: "image" for n in names if n.startswith(run.plan.image_only_prefixes)}
+    with StatsCollector(modules, run.method.needs, modality) as collector:
+        feed(collector)
+    return collector.stats
+
+
+def compress_linear(run: CompressionRun, block: str, name: str, stats: LayerStats | None,
+                    meter: ActivationErrorMeter | None) -> tuple[CompressedLinear, LayerReport]:
+    """Compress one linear layer and swap it into the model (the meter keeps W until it measured it)."""
+    dense = run.model.get_submodule(name)
+    if stats is not None and stats.count() == 0:
+        raise DataError(f"{name} saw no calibration tokens; for vision/projector targets use image samples "
+                        f"(--calib easyvqa or mixed)")
+    t0 = time.perf_counter()
+    compressed = run.method.compress(dense.weight.data, stats, None if dense.bias is None else dense.bias.data)
+    seconds = time.perf_counter() - t0
+    compressed = compressed.to(dense.weight.device)
+    weight = dense.weight.detach().float()
+    diff = weight - compressed.dequantize(torch.float32).to(weight.device)
+    row = report_row(name, block, run.method.name, weight, diff, compressed, seconds)
+    if meter is not None:
+        meter.track(name, compressed, weight, diff)
+    set_module(run.model, name, compressed)
+    return compressed, row
+
+
+def measuring(block: OpenBlock | None) -> contextlib.AbstractContextManager:
+    """The meter of a freshly compressed block, entered for the pass that follows (else nothing)."""
+    return block.meter if block is not None and block.meter is not None else contextlib.nullcontext()
+
+
+def close_block(run: CompressionRun, block: OpenBlock) -> None:
+    """Give the rows their activation errors, save the shard, report the block."""
+    if not block.loaded:
+        if block.meter is not None:
+            errors = block.meter.errors()
+            for row in block.rows:
+                row.act_error = errors[row.name]
+        run.work.save(block.name, block.modules, block.rows)
+    run.rows.extend(block.rows)
+    if run.on_row:
+        for row in block.rows:
+            run.on_row(row)
+    run.finished += 1
+    if run.on_block:
+        run.on_block(run.finished, len(run.plan.blocks), block.label)
+
+
+# --- passes over the calibration inputs ----------------------------------------------------------
+
+def capture_decoder_inputs(run: CompressionRun, collector: StatsCollector | None = None) -> list[tuple]:
+    """One pass of the model up to its first decoder layer: that layer's (args, kwargs) per sample."""
+    captured: list[tuple] = []
+    handle = run.layers[0].register_forward_pre_hook(partial(_capture_and_stop, captured), with_kwargs=True)
+    move_except(run.model, run.stay_home, run.device)
+    try:
+        for sample, mask in zip(run.samples, run.image_masks):
+            if collector is not None:
+                collector.new_sample(on_device(mask, run.device))
+            try:
+                run.model(**to_device(sample, run.device, run.dtype), use_cache=False)
+            except _StopAtFirstLayer:
+                continue
+            raise RuntimeError(f"{type(run.model).__name__} never called its first decoder layer")
+    finally:
+        handle.remove()
+        move_except(run.model, run.stay_home, run.home)
+    return captured
+
+
+def _capture_and_stop(captured: list[tuple], module: nn.Module, args: tuple, kwargs: dict) -> None:
+    captured.append((args, kwargs))
+    raise _StopAtFirstLayer
+
+
+def feed_layer(run: CompressionRun, layer: nn.Module, hidden: list[torch.Tensor], rest: list[tuple],
+               collector: StatsCollector) -> None:
+    for h, (args, kwargs), mask in zip(hidden, rest, run.image_masks):
+        collector.new_sample(on_device(mask, run.device))
+        layer(h, *args, **kwargs)
+
+
+def propagate(layer: nn.Module, hidden: list[torch.Tensor], rest: list[tuple]) -> None:
+    """Replace each sample's hidden states by the layer's outputs."""
+    for j, (h, (args, kwargs)) in enumerate(zip(hidden, rest)):
+        out = layer(h, *args, **kwargs)
+        hidden[j] = out[0] if isinstance(out, (tuple, list)) else out
+
+
+def feed_head(run: CompressionRun, norm: nn.Module, name: str, hidden: list[torch.Tensor],
+              collector: StatsCollector) -> None:
+    for normed, mask in normed_hidden(run, norm, hidden):
+        collector.new_sample(on_device(mask, run.device))
+        collector.add(name, normed)
+
+
+def normed_hidden(run: CompressionRun, norm: nn.Module, hidden: list[torch.Tensor]
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(the decoder's final norm of each sample's last hidden states, its image mask)."""
+    norm_on_device = norm.to(run.device)
+    try:
+        for h, mask in zip(hidden, run.image_masks):
+            yield norm_on_device(h), mask
+    finally:
+        norm.to(run.home)
