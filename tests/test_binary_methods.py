@@ -5,8 +5,8 @@ import torch
 
 from llava_fa.formats.binary import BinaryLinear
 from llava_fa.methods import LayerStats, build_config, get_method
-from llava_fa.quantizers.binarize import (blocked_binarize, concat_parts, fit_arb, fit_mean_scale, rc_update_cols,
-                                          rc_update_rows)
+from llava_fa.methods.binary import (blocked_binarize, concat_parts, fit_arb, fit_mean_scale, rc_update_cols,
+                                     rc_update_rows)
 
 FAMILY = ["billm", "arb", "arb-x", "arb-rc", "pb-llm", "sab"]
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llava_fa.formats import get_format
-from llava_fa.formats.fourier import FourierLinear, Layout
+from llava_fa.formats.fourier import FourierLinear
+from llava_fa.formats.fourier_layout import Layout
 from llava_fa.methods.fa import fit_layer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -21,11 +21,14 @@ Groups: complex entries, and real entries of `none`, form groups of `group_size`
 stored entries within one row of the grid (a row's last group may be shorter); the few real
 entries of rfft/rfft2 form groups of consecutive entries across rows.
 
-Forward passes (attribute `forward_mode`, a runtime choice, not stored):
+Encoding: `set_codes` quantizes a target grid, `from_codes` builds a layer of codes a method chose
+itself (fa-gptq); both store through `store_codes` (the buffers' shapes: formats/fourier_layout.py).
+
+Forward passes (attribute `forward_mode`, a runtime choice, not stored; the format's backends table):
 - "cached" (default) and "dequant": as for every format (formats/base.py); "cached" rebuilds the
   dense weight once per device/dtype and keeps it as a plain attribute
   (not in the state_dict; dropped on load_state_dict and on .to()).
-- "spectral": never forms W. With X = rfft(x / c) (fft for fft2), y = Re(ifft_m(conj(X) Q_w^T +
+- "spectral" (`spectral_forward`): never forms W. With X = rfft(x / c) (fft for fft2), y = Re(ifft_m(conj(X) Q_w^T +
   (conj(X) B_w^T) A)) / r for rfft2/fft2 and the same without ifft_m for rfft, where Q_w is the
   grid of stored entries times their Parseval weight (2 complex, 1 real) with the mirrored half of
   rfft2's self-conjugate columns left empty: Re(ifft(v_w)) of such a column equals ifft of the
@@ -40,118 +43,24 @@ from typing import Any
 
 import torch
 
-from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.base import Backend, CompressedLinear
+from llava_fa.formats.fourier_layout import (LEVELS, LR_BITS, QUANTIZERS, TRANSFORMS, Layout, SpectrumCodes,
+                                             validate_params)
 from llava_fa.formats.registry import register_format
-from llava_fa.quantizers.packing import pack, packed_width, unpack
+from llava_fa.quantizers.float16 import from_bits, to_bits
+from llava_fa.quantizers.packing import pack, unpack
 from llava_fa.quantizers.polar import (
     Groups,
     cartesian_dequantize,
     cartesian_quantize,
     flat_groups,
-    flat_groups_count,
-    from_bits,
     polar_dequantize,
     polar_quantize,
-    row_groups,
-    row_groups_count,
     sym_dequantize,
     sym_quantize,
-    to_bits,
     uniform_levels,
 )
 from llava_fa.transforms import fourier as ft
-
-TRANSFORMS = ft.MODES
-QUANTIZERS = ("polar", "cartesian")
-LEVELS = ("uniform", "lloyd")
-LR_BITS = (16, 8, 4)
-
-
-def _pad8(n: int) -> int:
-    return -(-n // 8) * 8
-
-
-class Layout:
-    """Counts of a `fourier` layer, from its shape and parameters alone (no tensors)."""
-
-    def __init__(self, m: int, n: int, p: dict[str, Any]):
-        self.m, self.n, self.p = m, n, p
-        mode = p["transform"]
-        self.h = ft.spectrum_shape(m, n, mode)[1]
-        cplx_rows, real_rows = ft.row_counts(m, n, mode)
-        self.n_complex, self.n_real = sum(cplx_rows), sum(real_rows)
-        g = p["group_size"]
-        self.complex_groups = row_groups_count(cplx_rows, g)
-        self.real_row_aligned = mode in ("none", "rfft_out")  # real entries fill whole rows
-        self.real_groups = (row_groups_count(real_rows, g) if self.real_row_aligned
-                            else flat_groups_count(self.n_real, g))
-        self.is_complex = mode != "none"
-        self.lr_width = self.h if self.is_complex else n  # columns of B
-        self.cart_bits = (p["mag_bits"] + p["phase_bits"]) // 2
-
-    def buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Name -> (shape, dtype) of every stored tensor."""
-        p, u8, i16 = self.p, torch.uint8, torch.int16
-        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        if p["codes"] and self.n_complex:
-            if p["quantizer"] == "polar":
-                out["mag_codes"] = ((packed_width(self.n_complex, p["mag_bits"]),), u8)
-                out["phase_codes"] = ((packed_width(self.n_complex, p["phase_bits"]),), u8)
-                out["mag_scales"] = ((self.complex_groups,), i16)
-                if p["levels"] == "lloyd":
-                    out["mag_levels"] = ((1 << p["mag_bits"],), i16)
-            else:
-                out["re_codes"] = ((packed_width(self.n_complex, self.cart_bits),), u8)
-                out["im_codes"] = ((packed_width(self.n_complex, self.cart_bits),), u8)
-                out["cplx_scales"] = ((self.complex_groups,), i16)
-        if p["codes"] and self.n_real:
-            out["real_codes"] = ((packed_width(self.n_real, p["real_bits"]),), u8)
-            out["real_scales"] = ((self.real_groups,), i16)
-        r = p["rank"]
-        if r:
-            parts = 2 if self.is_complex else 1
-            for name, width in (("lr_a", self.m), ("lr_b", self.lr_width)):
-                if p["lr_bits"] == 16:
-                    out[name] = ((r, width, 2) if self.is_complex else (r, width), i16)
-                else:
-                    out[name] = ((packed_width(r * width * parts, p["lr_bits"]),), u8)
-                    out[f"{name}_scales"] = ((r,), i16)
-        if p["col_scales"]:
-            out["odc_cols"] = ((self.n,), i16)
-        if p["row_scales"]:
-            out["odc_rows"] = ((self.m,), i16)
-        return out
-
-    def storage_bits(self) -> int:
-        return sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() * 8
-                   for shape, dt in self.buffers().values())
-
-    def formula(self) -> dict[str, int]:
-        """Bits by the bpw formula, term by term (independent of `buffers`; a test checks they agree):
-        low-rank reals * b_LR (+ 16 per component scale), complex codes * (b_r + b_theta), real codes *
-        real_bits, (group scales + levels) * 16, ODC scales * 16. Packing pads each code stream to a
-        multiple of 8 codes, the only term beyond the plain counts."""
-        p = self.p
-        codes = lowrank = scales = odc = 0
-        if p["codes"]:
-            if self.n_complex:
-                if p["quantizer"] == "polar":
-                    codes += _pad8(self.n_complex) * (p["mag_bits"] + p["phase_bits"])
-                    scales += 16 * (self.complex_groups + ((1 << p["mag_bits"]) if p["levels"] == "lloyd" else 0))
-                else:
-                    codes += _pad8(self.n_complex) * 2 * self.cart_bits
-                    scales += 16 * self.complex_groups
-            codes += _pad8(self.n_real) * p["real_bits"] if self.n_real else 0
-            scales += 16 * self.real_groups if self.n_real else 0
-        if p["rank"]:
-            reals = p["rank"] * (self.m + self.lr_width) * (2 if self.is_complex else 1)
-            if p["lr_bits"] == 16:
-                lowrank = 16 * reals
-            else:
-                per = (2 if self.is_complex else 1) * p["rank"]  # reals stored per output row (A) / column (B)
-                lowrank = (_pad8(per * self.m) + _pad8(per * self.lr_width)) * p["lr_bits"] + 16 * 2 * p["rank"]
-        odc = 16 * ((self.n if p["col_scales"] else 0) + (self.m if p["row_scales"] else 0))
-        return {"lowrank": lowrank, "codes": codes, "scales": scales, "odc": odc}
 
 
 @register_format
@@ -167,7 +76,7 @@ class FourierLinear(CompressedLinear):
                         "quantizer": str(quantizer), "mag_bits": int(mag_bits), "phase_bits": int(phase_bits),
                         "real_bits": int(real_bits), "group_size": int(group_size), "levels": str(levels),
                         "col_scales": bool(col_scales), "row_scales": bool(row_scales)}
-        _validate(self._params)
+        validate_params(self._params)
         self.layout = Layout(out_features, in_features, self._params)
         for name, (shape, dtype) in self.layout.buffers().items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
@@ -186,14 +95,7 @@ class FourierLinear(CompressedLinear):
 
     def entry_groups(self) -> tuple[Groups, Groups]:
         """Group ids of the complex and real entries (built from the masks, row-major order)."""
-        m, n, g, dev = self.out_features, self.in_features, self._params["group_size"], self._device()
-        cmask, rmask = ft.stored_masks(m, n, self.mode, dev)
-        gc = row_groups(cmask.nonzero()[:, 0], g)
-        if self.layout.real_row_aligned:
-            gr = row_groups(rmask.nonzero()[:, 0], g)
-        else:
-            gr = flat_groups(int(rmask.sum()), g, dev)
-        return gc, gr
+        return self.layout.entry_groups(self._device())
 
     def odc_scales(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         c = from_bits(self.odc_cols) if self._params["col_scales"] else None
@@ -216,27 +118,36 @@ class FourierLinear(CompressedLinear):
             W = W * r[:, None]
         return W
 
-    # --- encode (used by the method) ----------------------------------------------------------------
+    # --- encode (used by the methods) -------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, out_features: int, in_features: int, params: dict[str, Any], codes: SpectrumCodes,
+                   bias: torch.Tensor | None = None) -> "FourierLinear":
+        """A layer of already chosen codes (its low-rank and ODC buffers, if any, stay to be set)."""
+        chosen = [t for t in vars(codes).values() if t is not None]
+        layer = cls(in_features, out_features, bias is not None, **params)
+        layer = layer.to(chosen[0].device) if chosen else layer
+        layer.store_codes(codes)
+        return layer.set_bias(bias)
+
+    def store_codes(self, codes: SpectrumCodes) -> None:
+        """Pack `codes` into the code and scale buffers (the one path every encoder stores through)."""
+        for name, tensor in self.layout.pack_codes(codes).items():
+            setattr(self, name, tensor)
+
     def set_codes(self, target: torch.Tensor, search: bool = False) -> None:
         """Quantize the stored entries of the grid `target` (its projection) into the code buffers
         (`search`: per-group clipping search of the scales, see quantizers/polar.py)."""
-        p = self._params
+        p, lay, codes = self._params, self.layout, SpectrumCodes()
         vc, vr = ft.gather(target, self.in_features, self.mode)
         gc, gr = self.entry_groups()
-        if self.layout.n_complex:
-            if p["quantizer"] == "polar":
-                q = polar_quantize(vc, gc, p["mag_bits"], p["phase_bits"], p["levels"], search)
-                self.mag_codes, self.phase_codes = pack(q.mag, p["mag_bits"]), pack(q.phase, p["phase_bits"])
-                self.mag_scales = to_bits(q.scale)
-                if p["levels"] == "lloyd":
-                    self.mag_levels = to_bits(q.levels)
-            else:
-                b = self.layout.cart_bits
-                re, im, step = cartesian_quantize(vc, gc, b, search)
-                self.re_codes, self.im_codes, self.cplx_scales = pack(re, b), pack(im, b), to_bits(step)
-        if self.layout.n_real:
-            codes, step = sym_quantize(vr, gr, p["real_bits"], search)
-            self.real_codes, self.real_scales = pack(codes, p["real_bits"]), to_bits(step)
+        if lay.n_complex and p["quantizer"] == "polar":
+            q = polar_quantize(vc, gc, p["mag_bits"], p["phase_bits"], p["levels"], search)
+            codes.mag_codes, codes.phase_codes, codes.mag_scales, codes.mag_levels = q.mag, q.phase, q.scale, q.levels
+        elif lay.n_complex:
+            codes.re_codes, codes.im_codes, codes.cplx_scales = cartesian_quantize(vc, gc, lay.cart_bits, search)
+        if lay.n_real:
+            codes.real_codes, codes.real_scales = sym_quantize(vr, gr, p["real_bits"], search)
+        self.store_codes(codes)
 
     def set_lowrank(self, A: torch.Tensor, B: torch.Tensor, search: bool = False) -> None:
         """Store factors A (rank, m), B (rank, h) (complex; real for `none`)."""
@@ -335,74 +246,51 @@ class FourierLinear(CompressedLinear):
             out[key] += t.numel() * t.element_size() * 8
         return out
 
-    # --- forward -----------------------------------------------------------------------------------
-    forward_modes = ("cached", "dequant", "spectral")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forward_mode == "spectral":
-            return self.spectral_forward(x)
-        return super().forward(x)  # "cached" or "dequant"
-
-    def spectral_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = x W^T computed from the compressed form, never forming W (see the module docstring)."""
-        m, n, mode = self.out_features, self.in_features, self.mode
-        c, r = self.odc_scales()
-        xs = x.float()
-        if c is not None:
-            xs = xs / c
-        if mode == "rfft_out":
-            # W = irfft(G) along the outputs, so x W^T = irfft(x G^T): one matmul, one inverse FFT.
-            y = torch.fft.irfft(xs.to(torch.complex64) @ self.codes_grid().T, n=m, dim=-1, norm="ortho")
-            return self._finish(y, r, x.dtype)
-        if mode in ("rfft2", "rfft"):
-            X = torch.fft.rfft(xs, dim=-1, norm="ortho").conj()
-        elif mode == "fft2":
-            X = torch.fft.fft(xs, dim=-1, norm="ortho").conj()
-        else:
-            X = xs
-        Z = None
-        vc, vr = self.code_values()
-        if vc is not None or vr is not None:
-            Qw = ft.fill(vc, vr, m, n, mode, weighted=True)
-            Z = X @ Qw.T
-        f = self.lowrank_factors()
-        if f is not None:
-            A, B = f
-            Bw = B * ft.column_weights(m, n, mode, B.device)
-            ZL = (X @ Bw.T) @ A
-            Z = ZL if Z is None else Z + ZL
-        if Z is None:
-            Z = torch.zeros(*x.shape[:-1], m, device=x.device)
-        if mode in ("rfft2", "fft2"):
-            Z = torch.fft.ifft(Z, dim=-1, norm="ortho")
-        return self._finish(Z.real if Z.is_complex() else Z, r, x.dtype)
-
-    def _finish(self, y: torch.Tensor, r: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """Undo the ODC row scales, add the bias."""
-        if r is not None:
-            y = y / r
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(dtype)
+def spectral_forward(layer: FourierLinear, x: torch.Tensor) -> torch.Tensor:
+    """y = x W^T computed from the compressed form, never forming W (see the module docstring)."""
+    m, n, mode = layer.out_features, layer.in_features, layer.mode
+    c, r = layer.odc_scales()
+    xs = x.float()
+    if c is not None:
+        xs = xs / c
+    if mode == "rfft_out":
+        # W = irfft(G) along the outputs, so x W^T = irfft(x G^T): one matmul, one inverse FFT.
+        y = torch.fft.irfft(xs.to(torch.complex64) @ layer.codes_grid().T, n=m, dim=-1, norm="ortho")
+        return _finish(layer, y, r, x.dtype)
+    if mode in ("rfft2", "rfft"):
+        X = torch.fft.rfft(xs, dim=-1, norm="ortho").conj()
+    elif mode == "fft2":
+        X = torch.fft.fft(xs, dim=-1, norm="ortho").conj()
+    else:
+        X = xs
+    Z = None
+    vc, vr = layer.code_values()
+    if vc is not None or vr is not None:
+        Qw = ft.fill(vc, vr, m, n, mode, weighted=True)
+        Z = X @ Qw.T
+    f = layer.lowrank_factors()
+    if f is not None:
+        A, B = f
+        Bw = B * ft.column_weights(m, n, mode, B.device)
+        ZL = (X @ Bw.T) @ A
+        Z = ZL if Z is None else Z + ZL
+    if Z is None:
+        Z = torch.zeros(*x.shape[:-1], m, device=x.device)
+    if mode in ("rfft2", "fft2"):
+        Z = torch.fft.ifft(Z, dim=-1, norm="ortho")
+    return _finish(layer, Z.real if Z.is_complex() else Z, r, x.dtype)
 
 
-
-def _validate(p: dict[str, Any]) -> None:
-    """Reject parameters no `fourier` layer can have (the loader turns this into a CheckpointError)."""
-    if p["transform"] not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {p['transform']!r}")
-    if p["quantizer"] not in QUANTIZERS or p["levels"] not in LEVELS:
-        raise ValueError(f"quantizer must be one of {QUANTIZERS} and levels one of {LEVELS}")
-    for key in ("mag_bits", "phase_bits", "real_bits"):
-        if not 1 <= p[key] <= 8:
-            raise ValueError(f"{key} must be from 1 to 8, got {p[key]}")
-    if p["lr_bits"] not in LR_BITS or p["rank"] < 0:
-        raise ValueError(f"lr_bits must be one of {LR_BITS} and rank >= 0")
-    if p["group_size"] != -1 and p["group_size"] <= 0:
-        raise ValueError(f"group_size must be positive or -1, got {p['group_size']}")
-    if p["quantizer"] == "cartesian" and (p["mag_bits"] + p["phase_bits"]) % 2:
-        raise ValueError("cartesian codes split mag_bits + phase_bits evenly between real and imaginary parts; "
-                         "their sum must be even")
+def _finish(layer: FourierLinear, y: torch.Tensor, r: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Undo the ODC row scales, add the bias."""
+    if r is not None:
+        y = y / r
+    if layer.bias is not None:
+        y = y + layer.bias.float()
+    return y.to(dtype)
 
 
-__all__ = ["FourierLinear", "Layout"]
+FourierLinear.backends = {**CompressedLinear.backends, "spectral": (Backend(spectral_forward),)}
+
+__all__ = ["FourierLinear", "Layout", "SpectrumCodes", "LEVELS", "LR_BITS", "QUANTIZERS", "TRANSFORMS"]

@@ -101,7 +101,7 @@ def describe_method(name: str) -> str:
     """What `--help-method NAME` prints: the method's summary, the statistics it needs and every
     option (`-O KEY=VALUE`) with its type, default and help text."""
     cls = get_method(name)
-    doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+    doc = (cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or "").strip()
     summary = doc.split("\n\n")[0].replace("\n", " ").removeprefix(f"`{name}`:").strip()
     needs = ", ".join(sorted(cls.needs)) or "none (calibration-free by default)"
     lines = [f"{name}: {summary}", f"calibration statistics: {needs}", "options (-O KEY=VALUE):"]

@@ -15,6 +15,9 @@ float16 and rounded *before* the codes are chosen, so the error optimized is the
   symmetric midrise levels, one scale per group shared by both parts (absmax over both).
 - Real (`sym_quantize`): symmetric midrise, levels step * (q - (2^b - 1)/2), q in [0, 2^b - 1].
   Midrise (no zero level) so that 1 bit works.
+- Column by column (`PolarColumns`, `MidriseColumns`): the same roundings as rounders of the
+  feedback loop (quantizers/feedback.py), a group's scale fixed when the loop reaches its first
+  column (fa-gptq).
 
 Scales: the group's absmax (max p for PolarQuant), or with `search` the best of SEARCH times it
 per group by squared error (a clipping search, as in AWQ/OmniQuant's clip search): at 1-2 bits the
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+# from_bits / to_bits: re-exported, callers of this module store the scales it returns.
 from llava_fa.quantizers.float16 import f16_round, f16_up, from_bits, to_bits  # noqa: F401
 
 # --- groups --------------------------------------------------------------------------------------
@@ -228,3 +232,44 @@ def polar_round(z: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor, phas
     along = (z * direction.conj()).real.clamp_min(0)
     mag = nearest_level((along / scale).clamp(0, 1).contiguous(), levels)
     return mag, phase, (levels[mag] * scale) * direction
+
+
+# --- column by column, for the feedback loop -----------------------------------------------------
+
+class PolarColumns:
+    """PolarQuant of complex columns (rows, n) with fixed magnitude `levels`; each group of
+    `group_size` columns takes, per row, the scale max|z| of its columns when the loop reaches it.
+    Keeps magnitude and phase codes (rows, n) and the scales (rows, n / group_size)."""
+
+    def __init__(self, rows: int, n: int, group_size: int, levels: torch.Tensor, phase_bits: int):
+        self.group_size, self.levels, self.phase_bits = group_size, levels, phase_bits
+        self.mag = torch.zeros(rows, n, dtype=torch.int64, device=levels.device)
+        self.phase = torch.zeros_like(self.mag)
+        self.scales = torch.zeros(rows, n // group_size, device=levels.device)
+
+    def fit_group(self, span: torch.Tensor, start: int) -> None:
+        self.scales[:, start // self.group_size] = f16_up(span.abs().amax(1))
+
+    def round(self, column: torch.Tensor, index: int) -> torch.Tensor:
+        scale = self.scales[:, index // self.group_size]
+        self.mag[:, index], self.phase[:, index], values = polar_round(column, scale, self.levels, self.phase_bits)
+        return values
+
+
+class MidriseColumns:
+    """Symmetric midrise codes of real columns (rows, n); each group of `group_size` columns takes,
+    per row, the step 2 max|x| / (2^b - 1) of its columns when the loop reaches it. Keeps the
+    codes (rows, n) and the steps (rows, n / group_size)."""
+
+    def __init__(self, rows: int, n: int, group_size: int, bits: int, device: torch.device | None = None):
+        self.group_size, self.bits = group_size, bits
+        self.codes = torch.zeros(rows, n, dtype=torch.int64, device=device)
+        self.steps = torch.zeros(rows, n // group_size, device=device)
+
+    def fit_group(self, span: torch.Tensor, start: int) -> None:
+        self.steps[:, start // self.group_size] = f16_up(2 * span.abs().amax(1) / ((1 << self.bits) - 1))
+
+    def round(self, column: torch.Tensor, index: int) -> torch.Tensor:
+        step = self.steps[:, index // self.group_size]
+        self.codes[:, index] = midrise_codes(column, step, self.bits)
+        return midrise_values(self.codes[:, index], step, self.bits)

@@ -1,15 +1,25 @@
+"""`gptq`: Hessian-aware rounding with error feedback (Frantar et al., 2022).
+
+Columns are rounded one at a time onto an affine grid per group (`AffineColumns`), each column's
+error pushed onto the columns still to come through the Cholesky factor of H^-1 (the shared loop of
+quantizers/feedback.py), so the rounding minimizes the layer's output error, not the weight error.
+Stored as `affine` codes.
+"""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from llava_fa.errors import ConfigError, DataError
-from llava_fa.formats import AffineLinear
 from llava_fa.calibration.stats import XTX, LayerStats
+from llava_fa.errors import ConfigError
+from llava_fa.formats import AffineLinear
 from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.common import check_group_divides
 from llava_fa.methods.gptq.config import GPTQConfig
 from llava_fa.quantizers import dequantize, fit, quantize, resolve_group_size
+from llava_fa.quantizers.feedback import feedback_quantize
+from llava_fa.quantizers.hessian import prepare_hessian
 
 
 @register_method
@@ -40,63 +50,41 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_siz
     fitted up front on the original weight, "static groups"), so the result is a plain `affine`
     layer with no column permutation to store.
     """
-    W = weight.detach().float().clone()
+    g = resolve_group_size(group_size, weight.shape[1])
+    prepared = prepare_hessian(weight, H, damp, act_order=act_order, method="gptq")
+    W, order = prepared.weight, prepared.order
     out_f, n = W.shape
-    g = resolve_group_size(group_size, n)
-    H = H.detach().float().clone()
-
-    dead = torch.diagonal(H) == 0  # inputs that never fire: their weights cannot matter
-    H[dead, dead] = 1
-    W[:, dead] = 0
-
-    static = act_order  # in permuted order a group's first column is not met first
-    if static:
-        scale_all, zero_all = fit(W.reshape(out_f, n // g, g), bits, sym)
-    else:
-        scale_all = torch.empty(out_f, n // g, device=W.device)
-        zero_all = torch.empty_like(scale_all)
-
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(n, device=W.device)
-    W, H = W[:, perm], H[perm][:, perm]
-
-    H += torch.eye(n, device=H.device) * (damp * torch.diagonal(H).mean())
-    Hinv = _upper_cholesky_of_inverse(H, damp)
-
-    codes = torch.zeros(out_f, n, dtype=torch.int64, device=W.device)
-    for i1 in range(0, n, block_size):
-        i2 = min(i1 + block_size, n)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = int(perm[i1 + i])
-            grp = col // g
-            if not static and col % g == 0:
-                # Fit the group on its current weights, error feedback of all earlier columns
-                # included: for columns past this block, apply the feedback still pending in Err1.
-                end = min(i1 + i + g, n)
-                span = W1[:, i:end - i1]
-                if end > i2:
-                    later = W[:, i2:end] - Err1[:, :i] @ Hinv[i1:i1 + i, i2:end]
-                    span = torch.cat([span, later], dim=1)
-                scale_all[:, grp], zero_all[:, grp] = fit(span, bits, sym)
-            w = W1[:, i]
-            s, z = scale_all[:, grp], zero_all[:, grp]
-            q = quantize(w, s, z, bits)
-            codes[:, i1 + i] = q
-            err = (w - dequantize(q, s, z)) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
-    inv = torch.argsort(perm)
-    return codes[:, inv], scale_all, zero_all
+    columns = torch.arange(n, device=W.device) if order is None else order
+    rounder = AffineColumns(out_f, (columns // g).tolist(), n // g, bits, sym, W.device)
+    if order is not None:
+        # In act-order a group's first column is not met first: fit every group before the loop,
+        # on the original column order ("static groups").
+        rounder.scale, rounder.zero = fit(W[:, torch.argsort(order)].reshape(out_f, n // g, g), bits, sym)
+    feedback_quantize(W, prepared.hinv_chol, rounder, block_size=block_size,
+                      group_size=None if order is not None else g)
+    codes = rounder.codes if order is None else rounder.codes[:, torch.argsort(order)]
+    return codes, rounder.scale, rounder.zero
 
 
-def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
-    try:
-        L = torch.linalg.cholesky(H)
-        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    except torch.linalg.LinAlgError:
-        raise DataError(f"gptq: the damped Hessian is not positive definite (damp={damp}). "
-                        f"Fix: raise --damp (e.g. 0.1) or use more calibration samples") from None
+class AffineColumns:
+    """GPTQ's rounding: each column onto the affine grid (scale, zero per row) of its group.
+
+    Codes are kept in loop order; scales and zeros per group of the original column order."""
+
+    def __init__(self, out_features: int, group_of: list[int], n_groups: int, bits: int, sym: bool,
+                 device: torch.device):
+        self.group_of, self.bits, self.sym = group_of, bits, sym  # group_of: group of each loop position
+        self.codes = torch.zeros(out_features, len(group_of), dtype=torch.int64, device=device)
+        self.scale = torch.empty(out_features, n_groups, device=device)
+        self.zero = torch.empty_like(self.scale)
+
+    def fit_group(self, span: torch.Tensor, start: int) -> None:
+        grp = self.group_of[start]
+        self.scale[:, grp], self.zero[:, grp] = fit(span, self.bits, self.sym)
+
+    def round(self, column: torch.Tensor, index: int) -> torch.Tensor:
+        grp = self.group_of[index]
+        s, z = self.scale[:, grp], self.zero[:, grp]
+        q = quantize(column, s, z, self.bits)
+        self.codes[:, index] = q
+        return dequantize(q, s, z)

@@ -15,31 +15,34 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from llava_fa.calibration.stats import XTX, LayerStats
 from llava_fa.errors import ConfigError
 from llava_fa.formats.binary import BinaryLinear
-from llava_fa.calibration.stats import XTX, LayerStats
-from llava_fa.methods.base import register_method
-from llava_fa.methods.binary_common import BinaryConfig, FamilyMethod
-from llava_fa.quantizers.binarize import blocked_binarize, concat_parts, family_block
+from llava_fa.methods.base import option, register_method
+from llava_fa.methods.binary import ARBConfig, BinaryMethod, blocked_binarize, concat_parts, family_block
 
 
 @dataclass
-class SABConfig(BinaryConfig):
-    iters: int = 15
-    salient: bool = True
-    bitmap: bool = True
-    use_lambda: bool = True
-    lambda_steers_selection: bool = False  # our default: Lambda weights the scale fits only (measure both)
-    salient_top_p: float = 0.05  # authors' default: a weight is salient for a modality in its top 5%
-    diff_quantile: float = 0.5  # authors' default: modality-specific beyond this quantile of |diff|
-    sparsity_thr: float = 0.005  # authors' default; ours: a modality's share below it counts as zero in v_ij
-    # Ours (0 = the authors' form): Lambda is clamped below at this value before the fits. Lambda
-    # runs between r and 1 - r, so with r near 0 or 1 the weighted scale fits can all but ignore
+class SABConfig(ARBConfig):
+    method: ClassVar[str] = "sab"
+
+    use_lambda: bool = option(True, "weight the ARB-RC fits by Lambda^2 (off: plain ARB-RC)")
+    lambda_steers_selection: bool = option(False, "Lambda^2 also weights the salient-column and group searches "
+                                                  "(ours: off, Lambda weights the scale fits only; measure both)")
+    salient_top_p: float = option(0.05, "a weight is salient for a modality in its top fraction of significance "
+                                        "(authors' default 5%)")
+    diff_quantile: float = option(0.5, "a salient weight is modality-specific beyond this quantile of the "
+                                       "normalized |difference| (authors' default)")
+    sparsity_thr: float = option(0.005, "a modality's share of a weight's significance below this counts as "
+                                        "zero in the Hoyer sparsity (authors' default)")
+    # Lambda runs between r and 1 - r, so with r near 0 or 1 the weighted fits can all but ignore
     # some weights. On the testbed a floor of 0.5 did not mend SAB's worst layer (docs/RESULTS.md).
-    lambda_floor: float = 0.0
+    lambda_floor: float = option(0.0, "Lambda clamped below at this value before the fits (ours; 0: the "
+                                      "authors' form)")
 
     def check(self) -> None:
         super().check()
@@ -116,11 +119,11 @@ def sab_binarize(weight: torch.Tensor, H: torch.Tensor | None, lam: torch.Tensor
                             w=wb, steer=wb if cfg.lambda_steers_selection else None,
                             max_salient_frac=cfg.max_salient_frac)
 
-    return blocked_binarize(weight, H, fit, block_size=cfg.block_size, damp=cfg.damp)
+    return blocked_binarize(weight, H, fit, block_size=cfg.block_size, damp=cfg.damp, method="sab")
 
 
 @register_method
-class SAB(FamilyMethod):
+class SAB(BinaryMethod):
     name = "sab"
     Config = SABConfig
     needs = frozenset({XTX})
