@@ -12,7 +12,7 @@ import sys
 import typer
 
 from llava_fa.assets import AssetError
-from llava_fa.commands import bench, chat, compress, demo, testbed
+from llava_fa.commands import bench, chat, compress, demo, export, testbed
 from llava_fa.commands import eval as evaluate
 from llava_fa.errors import UserError
 
@@ -23,6 +23,7 @@ app.command("bench")(bench.bench)
 app.command("chat")(chat.chat)
 app.command("compress", cls=compress.CompressCommand)(compress.compress)
 app.command("demo")(demo.demo)
+app.command("export")(export.export)
 
 testbed_app = typer.Typer(no_args_is_help=True, help=testbed.HELP)
 testbed_app.command("fetch")(testbed.fetch)
