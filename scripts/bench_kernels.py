@@ -1,81 +1,120 @@
-"""Time one `affine` layer's forward modes side by side on a GPU (needs CUDA and Triton).
+"""Time one `affine` layer's GPU backends side by side (needs CUDA and Triton; gemlite if installed).
 
-For each weight shape, bit width and token count it prints microseconds per call for a dense
-float16 `F.linear` (what the "cached" mode runs), the unfused "dequant" mode, and the fused Triton
-kernel with its default tiles and with the best of a few other tiles, plus the ratios measured in
-the same run, and the bytes each reads for the weight. Usage (on a GPU machine):
+For each weight shape (7B-sized layers and the testbed's MLP), bit width and token count it times,
+in the same run and from a cold L2 (triton.testing.do_bench flushes it before every call):
+a dense float16 `F.linear` (what the "cached" mode runs), our fused Triton kernel ("fused"), and
+gemlite's kernels on our codes ("gemlite"); it prints microseconds per call, the speed-up over dense,
+and the achieved bandwidth on the bytes each reads (dense: the float16 weight; compressed: the packed
+codes, scales and zeros), against the copy bandwidth measured first. Usage (on a GPU machine):
 
-    PYTHONPATH=src python scripts/bench_kernels.py > docs/results/testbed_h100/bench_kernels_h100.txt
+    PYTHONPATH=src python scripts/bench_kernels.py --json OUT.json > OUT.md
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import torch
 import torch.nn.functional as F
 
-from llava_fa.kernels import affine_matmul as km
 from llava_fa.formats import AffineLinear
+from llava_fa.kernels import affine_matmul as km
+from llava_fa.kernels import gemlite_affine
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
-SHAPES = [(1536, 576), (4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in): testbed MLP, 7B-sized layers
-TILES = [(16, 32, 128), (16, 64, 64), (16, 64, 128), (16, 128, 64), (32, 64, 64), (64, 64, 64), (64, 128, 64),
-         (128, 128, 32)]
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (1536, 576)]  # (out, in): Llama-2-7B layers, testbed MLP
 
 
-def time_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / reps
+GRAPHS = {"on": False}  # --cudagraph: replay captured calls (no host overhead; L2 not flushed)
+
+
+def time_us(fn) -> float:
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    if GRAPHS["on"]:
+        fn()  # autotuning and the first-call packing happen outside the capture
+        torch.cuda.synchronize()
+        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1000
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1000
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a device-to-device copy of 1 GiB (read + write counted)."""
+    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    b = torch.empty_like(a)
+    return 2 * a.numel() * 4 / time_us(lambda: b.copy_(a)) / 1e3
+
+
+def measure(out_f: int, in_f: int, bits: int, tokens: int, group: int) -> dict:
+    torch.manual_seed(0)
+    w = torch.randn(out_f, in_f) * 0.02
+    codes, scale, zero = quantize_grouped(w, AffineSpec(bits, group, False))
+    layer = AffineLinear.from_codes(codes, scale, zero, bits=bits, sym=False).cuda()
+    x = torch.randn(tokens, in_f, device="cuda", dtype=torch.float16)
+    dense = layer.dequantize(torch.float16)
+    ref = x.float() @ dense.float().T
+    packed = sum(t.numel() * t.element_size() for t in layer.stored_tensors().values())
+    row = {"out": out_f, "in": in_f, "bits": bits, "tokens": tokens, "group": group,
+           "dense_bytes": dense.numel() * 2, "packed_bytes": packed,
+           "dense_us": time_us(lambda: F.linear(x, dense))}
+    for mode in ("fused", "gemlite"):
+        layer.forward_mode = mode
+        if mode == "gemlite" and not gemlite_affine.available(layer, x):
+            row[f"{mode}_us"] = None
+            continue
+        err = ((layer(x).float() - ref).abs().max() / ref.abs().max()).item()
+        if err > 0.02:
+            raise SystemExit(f"{mode} result off by {err:.3g} for {out_f}x{in_f} {bits}-bit, {tokens} tokens")
+        row[f"{mode}_us"] = time_us(lambda: layer(x))
+    return row
+
+
+def table_line(r: dict, copy_gbs: float) -> str:
+    def cell(key: str, nbytes: int) -> str:
+        us = r[f"{key}_us"]
+        if us is None:
+            return "n/a | n/a | n/a"
+        gbs = nbytes / us / 1e3
+        return f"{us:.1f} | {r['dense_us'] / us:.2f}x | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%})"
+    dense_gbs = r["dense_bytes"] / r["dense_us"] / 1e3
+    return (f"| {r['out']} x {r['in']} | {r['bits']} | {r['tokens']} | {r['dense_us']:.1f} "
+            f"({dense_gbs / copy_gbs:.0%}) | {cell('fused', r['packed_bytes'])} | {cell('gemlite', r['packed_bytes'])} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256])
     ap.add_argument("--group-size", type=int, default=64)  # 64 divides every width here, 128 not 576
-    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--cudagraph", action="store_true", help="time CUDA-graph replays (no host overhead, warm L2)")
+    ap.add_argument("--gemlite-config", help="gemlite's tuned kernel configs (e.g. its configs/h100.json)")
     args = ap.parse_args()
+    GRAPHS["on"] = args.cudagraph
+    if args.gemlite_config:
+        import gemlite
+
+        gemlite.load_config(args.gemlite_config)
     if not torch.cuda.is_available() or km.triton is None:
         raise SystemExit("bench_kernels.py needs a CUDA GPU and Triton. Fix: run it on a GPU machine.")
+    copy_gbs = copy_bandwidth()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {km.triton.__version__}, "
-          f"float16 activations, asymmetric codes, group {args.group_size}; us per call, mean of {args.reps}")
-    print("| out x in | bits | tokens | dense fp16 | dequant | fused (default tiles) | fused (best tiles) | "
-          "dense / fused | dequant / fused | weight bytes fp16 / packed |")
+          f"gemlite {'installed' if gemlite_affine.A16Wn is not None else 'absent'}; float16 activations, "
+          f"asymmetric codes, group {args.group_size}; median us per call, "
+          f"{'CUDA-graph replays (no host overhead, warm L2)' if args.cudagraph else 'host overhead included, cold L2'}; "
+          f"copy bandwidth {copy_gbs:.0f} GB/s")
+    print("| out x in | bits | tokens | dense fp16 us (of copy bw) | fused us | fused vs dense | fused bw | "
+          "gemlite us | gemlite vs dense | gemlite bw |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for (out_f, in_f), bits, tokens in itertools.product(SHAPES, args.bits, args.tokens):
-        torch.manual_seed(0)
-        w = torch.randn(out_f, in_f) * 0.02
-        codes, scale, zero = quantize_grouped(w, AffineSpec(bits, args.group_size, False))
-        layer = AffineLinear.from_codes(codes, scale, zero, bits=bits, sym=False).cuda()
-        x = torch.randn(tokens, in_f, device="cuda", dtype=torch.float16)
-        dense = layer.dequantize(torch.float16)
-        t_dense = time_us(lambda: F.linear(x, dense), args.reps)
-        layer.forward_mode = "dequant"
-        t_deq = time_us(lambda: layer(x), max(args.reps // 10, 5))
-
-        def fused(tiles=None):
-            return km.affine_matmul(x, layer.qweight, layer.scales, layer.qzeros, bits, layer.group_size, out_f, tiles)
-
-        err = ((fused().float() - x.float() @ dense.float().T).abs().max() / dense.float().abs().max()).item()
-        if err > 0.05:
-            raise SystemExit(f"fused result off by {err:.3g} for {out_f}x{in_f} {bits}-bit, {tokens} tokens")
-        t_default = time_us(fused, args.reps)
-        best = min((time_us(lambda t=t: fused(t), args.reps), t) for t in TILES
-                   if t[0] <= max(16, tokens * 4))
-        packed = sum(t.numel() * t.element_size() for t in layer.stored_tensors().values())
-        print(f"| {out_f} x {in_f} | {bits} | {tokens} | {t_dense:.1f} | {t_deq:.1f} | {t_default:.1f} | "
-              f"{best[0]:.1f} {best[1]} | {t_dense / t_default:.2f} | {t_deq / t_default:.2f} | "
-              f"{dense.numel() * 2 / packed:.1f}x |", flush=True)
+        rows.append(measure(out_f, in_f, bits, tokens, args.group_size))
+        print(table_line(rows[-1], copy_gbs), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

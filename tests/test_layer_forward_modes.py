@@ -53,3 +53,17 @@ def test_set_forward_mode_on_a_model_checks_every_layer_and_drops_caches():
     assert [m.forward_mode for m in model] == ["dequant", "dequant"]  # nothing changed by the refusal
     with pytest.raises(ConfigError, match="no compressed layers"):
         set_forward_mode(torch.nn.Sequential(torch.nn.Linear(4, 4)), "dequant")
+
+
+def test_gemlite_mode_falls_back_where_gemlite_cannot_run():
+    """Without gemlite or CUDA the "gemlite" mode runs "fused"'s chain (here: dequant), same result."""
+    from llava_fa.formats import AffineLinear
+    from llava_fa.quantizers import AffineSpec, quantize_grouped
+
+    torch.manual_seed(0)
+    codes, scale, zero = quantize_grouped(torch.randn(24, 64), AffineSpec(4, 32, False))
+    layer = AffineLinear.from_codes(codes, scale, zero, bits=4, sym=False, bias=torch.randn(24))
+    x = torch.randn(3, 64)
+    layer.forward_mode = "gemlite"
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T + layer.bias)
+    assert "gemlite" in layer.forward_modes

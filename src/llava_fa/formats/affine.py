@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from llava_fa.kernels import affine_matmul
+from llava_fa.kernels import affine_matmul, gemlite_affine
 from llava_fa.formats.base import Backend, CompressedLinear, dequant_forward
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
@@ -78,8 +78,14 @@ def fused_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
     return y if layer.bias is None else y + layer.bias.to(y.dtype)
 
 
+def gemlite_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
+    """gemlite's kernels on its own packing of our codes (kernels/gemlite_affine.py)."""
+    y = gemlite_affine.gemlite_matmul(layer, x)
+    return y if layer.bias is None else y + layer.bias.to(y.dtype)
+
+
 # "fused" falls back to "dequant" where Triton cannot run (CPU tensors, CPU builds of torch): the
-# same memory promise, computed without the kernel.
-AffineLinear.backends = {**CompressedLinear.backends,
-                         "fused": (Backend(fused_forward, lambda layer, x: affine_matmul.available(x)),
-                                   Backend(dequant_forward))}
+# same memory promise, computed without the kernel. "gemlite" (where installed) falls back to "fused".
+_FUSED = (Backend(fused_forward, lambda layer, x: affine_matmul.available(x)), Backend(dequant_forward))
+AffineLinear.backends = {**CompressedLinear.backends, "fused": _FUSED,
+                         "gemlite": (Backend(gemlite_forward, gemlite_affine.available), *_FUSED)}
