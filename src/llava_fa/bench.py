@@ -18,13 +18,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import yaml
 
-from llava_fa.errors import ConfigError
+from llava_fa.errors import ConfigError, LlavaFAError, OutputError
 from llava_fa.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from llava_fa.recipe import Recipe
+
+# What the records table and the report read from every record.
+RECORD_KEYS = {"name", "method", "bpw", "perplexity", "vqa_accuracy", "kl", "top1_agreement", "compress_seconds",
+               "peak_memory_mib"}
 
 
 @dataclass
@@ -58,6 +65,50 @@ def load_runs(path: Path) -> list[BenchRun]:
     return runs
 
 
+def recipe_of(run: BenchRun) -> Recipe:
+    from llava_fa.recipe import Recipe
+
+    recipe = Recipe(method=run.method, options=dict(run.options))
+    if run.nsamples is not None:
+        recipe.calibration.nsamples = run.nsamples
+    if run.calib is not None:
+        recipe.calibration.source = run.calib
+    return recipe
+
+
+def read_record(path: Path, name: str) -> dict:
+    """The record of run `name` at `path`; anything else there is an error, not a finished run."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not (isinstance(record, dict) and record.get("name") == name and RECORD_KEYS <= set(record)):
+        raise OutputError(f"{path} is not the bench record of run {name!r} (runs whose record exists are skipped). "
+                          f"Fix: move {path} away, or choose another --out")
+    return record
+
+
+def check_runs(runs: list[BenchRun], model: Path, out: Path) -> dict[str, Recipe]:
+    """Before the first run starts: every run's method, options and calibration, every existing record,
+    and every output (OUT apart from the model; OUT/models/NAME replaced only if llava-fa wrote it)."""
+    from llava_fa.io.files import check_apart
+    from llava_fa.pipeline import check_options
+
+    out = Path(out)
+    check_apart(out, model, "--out")
+    recipes = {}
+    for run in runs:
+        recipes[run.name] = recipe_of(run)
+        try:
+            if (out / f"{run.name}.json").exists():
+                read_record(out / f"{run.name}.json", run.name)
+            else:
+                check_options(recipes[run.name], out / "models" / run.name, overwrite=True, model_path=model)
+        except LlavaFAError as e:
+            raise type(e)(f"run {run.name!r}: {e}") from None
+    return recipes
+
+
 def peak_memory_mib(device: str | torch.device) -> float:
     """Peak memory of the run: CUDA allocations on a GPU, the process's peak RSS on CPU."""
     if torch.device(device).type == "cuda":
@@ -72,24 +123,20 @@ def run_bench(model: Path, runs: list[BenchRun], out: Path, *, device: str | tor
     from llava_fa.evaluation.runner import evaluate
     from llava_fa.io.files import write_json_atomic
     from llava_fa.pipeline import compress_checkpoint
-    from llava_fa.recipe import Recipe
 
     dev = resolve_device(device)
     out = Path(out)
+    recipes = check_runs(runs, model, out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for i, run in enumerate(runs, 1):
         record_path = out / f"{run.name}.json"
         if record_path.exists():
             on_info(f"[{i}/{len(runs)}] {run.name}: record exists, skipped")
-            records.append(json.loads(record_path.read_text()))
+            records.append(read_record(record_path, run.name))
             continue
         on_info(f"[{i}/{len(runs)}] {run.name}: {run.method} {run.options}")
-        recipe = Recipe(method=run.method, options=dict(run.options))
-        if run.nsamples is not None:
-            recipe.calibration.nsamples = run.nsamples
-        if run.calib is not None:
-            recipe.calibration.source = run.calib
+        recipe = recipes[run.name]
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model_dir = out / "models" / run.name

@@ -19,6 +19,11 @@ class CheckpointError(LlavaFAError):
     """A compressed checkpoint that is missing, truncated, corrupted or inconsistent."""
 
 
+class OutputError(CheckpointError):
+    """An output (checkpoint, record, report) that cannot be written, or whose writing would destroy
+    data the toolkit did not write."""
+
+
 class UserError(Exception):
     """A bad command line (flag value, missing folder): `llava-fa` prints it on one line, exit code 2.
 

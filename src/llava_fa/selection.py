@@ -8,17 +8,25 @@ skipped; an exact name or class that designates a non-linear module is an error,
 pattern that matches nothing.
 
 Defaults come from the model's structure (`find_parts`): the language decoder's linear layers;
-the vision tower and the projector on request; never the LM head or the embeddings.
+the vision tower and the projector on request; never the LM head or the embeddings, nor the
+routers of MoE blocks.
+
+MoE experts that transformers stores fused (3-D parameters, formats/experts.py) count as one linear
+layer per expert and projection, named "<experts>.gate_up_proj.<e>" / "<experts>.down_proj.<e>":
+patterns select them like any linear layer, and so does the exact name or class of the experts
+module. The pipeline linearizes those modules before compressing (planning.make_plan).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 from torch import nn
 
 from llava_fa.errors import ConfigError
+from llava_fa.formats.experts import LinearExperts, expert_linear_shapes, fused_layout
 
 VISION_NAMES = ("vision_tower", "visual", "vision_model")
 PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger")
@@ -33,6 +41,7 @@ class Parts:
     vision: str | None = None
     projector: str | None = None
     lm_head: str | None = None
+    routers: tuple[str, ...] = ()  # linear routers of MoE blocks: left dense by default
 
 
 def find_parts(model: nn.Module) -> Parts:
@@ -47,7 +56,29 @@ def find_parts(model: nn.Module) -> Parts:
     projector = _first_named(model, PROJECTOR_NAMES, within=vision, prefer_outside=True)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return Parts(decoder=dec_name, layers=_join(dec_name, "layers"), vision=vision, projector=projector,
-                 lm_head=names.get(id(head)) if head is not None else None)
+                 lm_head=names.get(id(head)) if head is not None else None, routers=_linear_routers(model))
+
+
+def _linear_routers(model: nn.Module) -> tuple[str, ...]:
+    """The routers named by the experts layouts (siblings of an experts module) that are linear layers."""
+    found = []
+    for name, module in model.named_modules():
+        layout = module.layout if isinstance(module, LinearExperts) else fused_layout(module)
+        if layout is None:
+            continue
+        parent = name.rpartition(".")[0]
+        for router in layout.routers:
+            full = _join(parent, router)
+            if isinstance(_submodule(model, full), nn.Linear):
+                found.append(full)
+    return tuple(found)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _join(a: str, b: str) -> str:
@@ -75,7 +106,18 @@ def default_patterns(parts: Parts, vision: bool = False, projector: bool = False
     # Qwen2-VL keeps its projector (merger) inside the vision module: leave it out unless asked.
     if vision and not projector and parts.projector and parts.vision and parts.projector.startswith(parts.vision + "."):
         ignore.append(parts.projector)
+    if parts.routers:
+        ignore.append(_routers_pattern(parts))
     return targets, ignore
+
+
+def _routers_pattern(parts: Parts) -> str:
+    """One regex for the routers of every decoder layer: re:(?:<layers>\\.\\d+\\.(?:mlp\\.gate))$."""
+    prefix = parts.layers + "."
+    inside = sorted({n[len(prefix):].partition(".")[2] for n in parts.routers if n.startswith(prefix)})
+    outside = [re.escape(n) for n in parts.routers if not n.startswith(prefix)]
+    per_layer = [f"{re.escape(parts.layers)}\\.\\d+\\.(?:{'|'.join(map(re.escape, inside))})"] if inside else []
+    return "re:(?:" + "|".join(per_layer + outside) + ")$"
 
 
 def recipe_patterns(parts: Parts, targets: list[str] | None, ignore: list[str], vision: bool = False,
@@ -89,18 +131,40 @@ def recipe_patterns(parts: Parts, targets: list[str] | None, ignore: list[str], 
     return chosen, list(ignore) + [p for p in default_ignore if p not in ignore]
 
 
-def matches(pattern: str, name: str, module: nn.Module) -> bool:
+@dataclass(frozen=True)
+class ExpertLinear:
+    """One expert projection of a fused experts module, selectable before the module is linearized
+    (it becomes the nn.Linear of that name then, formats/experts.py)."""
+
+    experts: str  # the fused experts module
+    out_features: int
+    in_features: int
+
+
+def linear_candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module | ExpertLinear]]:
+    """Every module with its name, in module order, each fused experts module followed by its expert linears."""
+    for name, module in model.named_modules():
+        yield name, module
+        for sub, (out_f, in_f) in expert_linear_shapes(module).items():
+            yield _join(name, sub), ExpertLinear(name, out_f, in_f)
+
+
+def is_linear(module: nn.Module | ExpertLinear) -> bool:
+    return isinstance(module, (nn.Linear, ExpertLinear))
+
+
+def matches(pattern: str, name: str, module: nn.Module | ExpertLinear) -> bool:
     if pattern.startswith("re:"):
         return re.match(pattern[3:], name) is not None
     if pattern == name:
         return True
     if pattern == "Linear":
-        return isinstance(module, nn.Linear)
+        return is_linear(module)
     return pattern == type(module).__name__
 
 
 def select(model: nn.Module, targets: list[str], ignore: list[str] = ()) -> list[str]:
-    """Names of the nn.Linear modules to compress, in module order."""
+    """Names of the linear layers to compress (nn.Linear, and expert linears of fused experts), in module order."""
     if not targets:
         raise ConfigError("no targets given: name at least one module, class or re: pattern")
     for p in [*targets, *ignore]:
@@ -109,35 +173,46 @@ def select(model: nn.Module, targets: list[str], ignore: list[str] = ()) -> list
                 re.compile(p[3:])
             except re.error as e:
                 raise ConfigError(f"bad regular expression in {p!r}: {e}") from None
-    modules = list(model.named_modules())
+    candidates = list(linear_candidates(model))
     hits = {p: 0 for p in targets}
-    chosen: list[str] = []
-    for name, mod in modules:
+    chosen: dict[str, None] = {}  # ordered set
+    for name, mod in candidates:
         for p in targets:
-            if not matches(p, name, mod):
-                continue
-            if not isinstance(mod, nn.Linear):
-                if not p.startswith("re:"):
-                    raise ConfigError(f"target {p!r} designates {name or '<model>'} ({type(mod).__name__}), which is "
-                                      f"not a linear layer; only nn.Linear modules can be compressed")
-                continue
-            hits[p] += 1
-            if not chosen or chosen[-1] != name:
-                chosen.append(name)
+            if matches(p, name, mod):
+                found = _designated(p, name, mod)
+                hits[p] += len(found)
+                chosen.update(dict.fromkeys(found))
     for p, n in hits.items():
         if n == 0:
             raise ConfigError(f"target {p!r} matches no linear layer of {type(model).__name__}")
     ignored: set[str] = set()
     for p in ignore:
-        found = {name for name, mod in modules if matches(p, name, mod)}
+        found = {name for name, mod in candidates if matches(p, name, mod)}
         if not found:
             raise ConfigError(f"ignore pattern {p!r} matches no module of {type(model).__name__}")
         ignored |= found
     selected = [n for n in chosen if not any(a in ignored for a in _self_and_parents(n))]
     if not selected:
         raise ConfigError("the ignore patterns leave no layer to compress")
-    _check_not_shared(model, selected)
+    kinds = dict(candidates)
+    _check_not_shared(model, [n for n in selected if not isinstance(kinds[n], ExpertLinear)])
     return selected
+
+
+def _designated(pattern: str, name: str, module: nn.Module | ExpertLinear) -> list[str]:
+    """The linear layers a matching pattern selects: the module itself, the expert linears of an
+    experts module named exactly (fused or linearized), nothing for a container swept by a regex."""
+    if is_linear(module):
+        return [name]
+    if pattern.startswith("re:"):
+        return []
+    experts = [_join(name, sub) for sub in expert_linear_shapes(module)]
+    if isinstance(module, LinearExperts):
+        experts = [_join(name, sub) for sub, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if experts:
+        return experts
+    raise ConfigError(f"target {pattern!r} designates {name or '<model>'} ({type(module).__name__}), which is "
+                      f"not a linear layer; only nn.Linear modules and fused MoE experts can be compressed")
 
 
 def _self_and_parents(name: str) -> list[str]:
@@ -157,3 +232,52 @@ def _check_not_shared(model: nn.Module, selected: list[str]) -> None:
         if others:
             raise ConfigError(f"{name} shares its weight with {', '.join(others)} (tied embeddings); "
                               f"it cannot be compressed alone. Fix: add it to --ignore")
+
+
+# --- what a selection covers ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelectionCount:
+    layers: int
+    weights: int
+    expert_layers: int  # of which expert linears of MoE experts modules
+    expert_weights: int
+    experts_modules: int
+
+    def describe(self) -> str:
+        text = f"{self.layers} linear layers selected ({self.weights:,} weights)"
+        if self.expert_layers:
+            text += (f", of which {self.expert_layers} expert linears of {self.experts_modules} MoE experts "
+                     f"modules ({self.expert_weights:,} weights, {self.expert_weights / self.weights:.0%})")
+        return text
+
+
+def count_selected(model: nn.Module, names: list[str]) -> SelectionCount:
+    """Layers and weights of a selection (before or after the experts are linearized), experts apart."""
+    kinds = dict(linear_candidates(model))
+    layers = {n: kinds[n] for n in names}
+    experts = {n: m for n, m in layers.items() if isinstance(m, ExpertLinear) or _is_expert_of(kinds, n)}
+    weights = {n: m.in_features * m.out_features for n, m in layers.items()}
+    return SelectionCount(len(layers), sum(weights.values()), len(experts), sum(weights[n] for n in experts),
+                          len({n.rsplit(".", 2)[0] for n in experts}))
+
+
+def _is_expert_of(kinds: dict, name: str) -> bool:
+    return isinstance(kinds.get(name.rsplit(".", 2)[0]), LinearExperts)
+
+
+def dense_fused_weights(model: nn.Module, prefix: str) -> dict[str, int]:
+    """Weights in 3-D parameters under `prefix` that no experts layout linearizes (class name ->
+    weights): fused experts of a family not in formats/experts.FUSED_EXPERTS, which stay dense."""
+    left: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if not name.startswith(prefix + ".") or fused_layout(module) is not None or _is_conv(module):
+            continue
+        n = sum(p.numel() for p in module.parameters(recurse=False) if p.dim() == 3)
+        if n:
+            left[type(module).__name__] = left.get(type(module).__name__, 0) + n
+    return left
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))  # conv1d weights are 3-D too (Mamba, Jamba)

@@ -7,6 +7,10 @@ Sources (`--calib`):
 - `easyvqa`: easy-VQA train images with their question and answer in the model's chat format;
 - `mixed`: half `easyvqa`, half `wikitext`; `auto`: `mixed` for multimodal models, else `wikitext`.
 `auto` and `mixed` fall back to `builtin` text, with a warning, when WikiText-2 is absent.
+
+A model that takes images is calibrated, evaluated and saved with its own processor (image
+processor, chat template): without it, image samples would silently become text-only ones and
+the saved folder could not feed the model images, so a missing one is an error (`require_image_processor`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,48 @@ def text_samples(tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0
             for s in starts]
 
 
+def takes_images(processor) -> bool:
+    return hasattr(processor, "image_processor")
+
+
+def require_image_processor(processor, path: Path | str | None = None) -> None:
+    """Refuse a processor that cannot feed a vision-language model images (a bare tokenizer, or none),
+    naming why the model's own processor did not load and how to fix it."""
+    if takes_images(processor):
+        return
+    if path is None:
+        where, cause = "the model", f"the processor given is a {type(processor).__name__}, without an image processor"
+        fix = "pass the model's processor (AutoProcessor.from_pretrained(model_dir))"
+    else:
+        where, (cause, fix) = str(path), processor_problem(Path(path))
+    raise DataError(f"{where} takes images, but its processor cannot be used: {cause}. Without it images would be "
+                    f"left out (calibration on text only, a saved folder that cannot take images). Fix: {fix}")
+
+
+def processor_problem(path: Path) -> tuple[str, str]:
+    """(why the processor of the model folder `path` does not load, how to fix it)."""
+    from transformers import AutoProcessor
+
+    copy = (f"copy the processor files of the original model (preprocessor_config.json or processor_config.json, "
+            f"the chat template) into {path}")
+    try:
+        loaded = AutoProcessor.from_pretrained(path)
+    except ImportError as e:  # transformers names the missing package (torchvision for most video processors)
+        return (_first_sentence(e), "install the package it names (for torchvision: `pip install torchvision` "
+                                    "matching your torch), then run again")
+    except Exception as e:  # transformers raises many types for files it cannot use
+        return f"{type(e).__name__}: {_first_sentence(e)}", copy
+    if takes_images(loaded):
+        return f"it loads as {type(loaded).__name__} here, but was not passed", "pass the processor of the folder"
+    return f"the folder has a tokenizer but no image processor ({type(loaded).__name__} only)", copy
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The error's first sentence: transformers follows it with advice about the Hub that does not apply."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return line.split(". ")[0].rstrip(".")
+
+
 def image_samples(processor, nsamples: int, seed: int = 0, root: Path | None = None) -> list[dict]:
     """easy-VQA train examples: image, question and answer, as the model sees them in chat."""
     from llava_fa.testbed import easyvqa
@@ -87,7 +133,7 @@ def image_samples(processor, nsamples: int, seed: int = 0, root: Path | None = N
         ex = examples[i]
         image = easyvqa.load_image(ex.image_path)
         text = conversation_text(processor, easyvqa.user_text(ex.question), ex.answer)
-        batch = processor(images=[image], text=[text], return_tensors="pt")
+        batch = processor(images=[[image]], text=[text], return_tensors="pt")  # every input it makes
         samples.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
     return samples
 
@@ -119,6 +165,8 @@ def build_samples(processor, source: str, nsamples: int, seqlen: int, seed: int 
     if source in ("easyvqa", "mixed") and not multimodal:
         raise DataError(f"--calib {source} needs a multimodal model; use wikitext, builtin or a text file")
     n_img = nsamples if source == "easyvqa" else nsamples // 2 if source == "mixed" else 0
+    if n_img:
+        require_image_processor(processor)
     samples = image_samples(processor, n_img, seed) if n_img else []
     n_txt = nsamples - n_img
     what = f"{n_img} easy-VQA image+text samples" if n_img else ""

@@ -61,7 +61,8 @@ class LayerStats:
         n = self.count(modality)
         if n == 0:
             raise ConfigError(f"the calibration data held no {modality} tokens for this layer")
-        mods = self._pick(modality)
+        # only the modalities that held tokens: a text-only model never collects an `image` sum
+        mods = [m for m in self._pick(modality) if self.tokens.get(m)]
         if all(m in self.sq for m in mods):
             return sum(self.sq[m] for m in mods) / n
         return torch.diagonal(self.xtx_sum(modality)) / n
@@ -129,7 +130,9 @@ class StatsCollector:
         else:
             mask = self.image_mask.reshape(-1).to(rows.device)
             if mask.numel() != rows.shape[0]:
-                raise RuntimeError(f"modality mask of {mask.numel()} tokens for an input of {rows.shape[0]} rows")
+                # e.g. cross-attention keys/values, whose rows are not the decoder's sequence
+                raise RuntimeError(f"modality mask of {mask.numel()} tokens for an input of {rows.shape[0]} rows: "
+                                   "declare the layers that take image features in calibration/architectures.py")
             parts = {"image": rows[mask], "text": rows[~mask]}
         out = {}
         for m, r in parts.items():

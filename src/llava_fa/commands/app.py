@@ -7,6 +7,7 @@ Importing the app stays cheap: the commands import torch, transformers and the m
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -14,21 +15,30 @@ import typer
 from llava_fa.assets import AssetError
 from llava_fa.commands import bench, chat, compress, demo, export, testbed
 from llava_fa.commands import eval as evaluate
+from llava_fa.commands.common import CleanHelpCommand
 from llava_fa.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress multimodal models after training: LLaVA-FA, SAB-LVLM and baselines.")
-app.command("eval")(evaluate.eval_command)
-app.command("bench")(bench.bench)
-app.command("chat")(chat.chat)
+app.command("eval", cls=CleanHelpCommand)(evaluate.eval_command)
+app.command("bench", cls=CleanHelpCommand)(bench.bench)
+app.command("chat", cls=CleanHelpCommand)(chat.chat)
 app.command("compress", cls=compress.CompressCommand)(compress.compress)
-app.command("demo")(demo.demo)
-app.command("export")(export.export)
+app.command("demo", cls=CleanHelpCommand)(demo.demo)
+app.command("export", cls=CleanHelpCommand)(export.export)
 
 testbed_app = typer.Typer(no_args_is_help=True, help=testbed.HELP)
-testbed_app.command("fetch")(testbed.fetch)
-testbed_app.command("build")(testbed.build)
+testbed_app.command("fetch", cls=CleanHelpCommand)(testbed.fetch)
+testbed_app.command("build", cls=CleanHelpCommand)(testbed.build)
 app.add_typer(testbed_app, name="testbed")
+
+
+# OSErrors that are the user's situation, not a bug: one line with the fix instead of a traceback.
+_OS_FIXES = {errno.ENOSPC: "free space on that disk or write elsewhere",
+             errno.EDQUOT: "free space within your quota or write elsewhere",
+             errno.EACCES: "choose a path you can read and write, or change its permissions",
+             errno.EPERM: "choose a path you can read and write, or change its permissions",
+             errno.EROFS: "choose a path on a writable file system"}
 
 
 def main() -> None:
@@ -37,4 +47,9 @@ def main() -> None:
         app()
     except (UserError, AssetError, FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in _OS_FIXES:
+            raise
+        typer.secho(f"error: {e}. Fix: {_OS_FIXES[e.errno]}", fg=typer.colors.RED, err=True)
         sys.exit(2)

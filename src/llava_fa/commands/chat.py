@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from llava_fa.commands.common import FORWARD_MODE_HELP, reported_as_user_errors
+from llava_fa.commands.common import FORWARD_MODE_HELP, check_model_inputs, reported_as_user_errors
 
 if TYPE_CHECKING:
     import torch
@@ -17,16 +17,19 @@ def chat(
     model_dir: Path = typer.Argument(..., help="Checkpoint directory (compressed by llava-fa or not)."),
     question: str = typer.Argument(..., help="The question to ask."),
     image: Optional[Path] = typer.Option(None, "--image", help="An image file (PNG/JPEG) to ask about."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest answer, in tokens."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
 ) -> None:
     """Answer a question about an image (greedy decoding)."""
     from llava_fa.runtime import quiet_transformers, resolve_device
 
+    with reported_as_user_errors():  # every flag, before the model loads
+        dev = resolve_device(device)
+    check_model_inputs(model_dir, forward_mode)
     quiet_transformers()
     with reported_as_user_errors():
-        typer.echo(answer(model_dir, question, image, max_new_tokens, resolve_device(device), forward_mode))
+        typer.echo(answer(model_dir, question, image, max_new_tokens, dev, forward_mode))
 
 
 def answer(model_dir: Path, question: str, image: Path | None = None, max_new_tokens: int = 32,
@@ -34,8 +37,7 @@ def answer(model_dir: Path, question: str, image: Path | None = None, max_new_to
     """The model's greedy answer to `question` (about `image`, if given), without the prompt."""
     import torch
 
-    from llava_fa.calibration.data import conversation_text
-    from llava_fa.errors import DataError
+    from llava_fa.calibration.data import conversation_text, require_image_processor
     from llava_fa.io.checkpoint import load_model_and_processor
     from llava_fa.runtime import resolve_dtype
 
@@ -44,11 +46,11 @@ def answer(model_dir: Path, question: str, image: Path | None = None, max_new_to
     if forward_mode is not None:
         from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
-    if img is not None and not hasattr(processor, "image_processor"):
-        raise DataError(f"{model_dir} has no image processor: it cannot take --image")
-    text = conversation_text(processor, question, None, image=img is not None)
     if img is not None:
-        inputs = processor(images=[img], text=[text], return_tensors="pt")
+        require_image_processor(processor, model_dir)  # names why it did not load and the fix
+    text = conversation_text(processor, question, None, image=img is not None)  # the model's chat template
+    if img is not None:  # every input the processor makes (image_grid_thw, image_sizes, pixel_attention_mask...)
+        inputs = processor(images=[[img]], text=[text], return_tensors="pt")
     else:
         tok = getattr(processor, "tokenizer", processor)
         inputs = tok([text], return_tensors="pt", add_special_tokens=False)

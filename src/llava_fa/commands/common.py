@@ -1,9 +1,13 @@
-"""What several commands share: help texts of common options and how library errors reach the user."""
+"""What several commands share: help texts of common options, clean help pages, checks of the files a
+command writes, and how library errors reach the user."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Optional
+
+from typer.core import TyperCommand
 
 from llava_fa.errors import LlavaFAError, UserError
 
@@ -19,3 +23,56 @@ def reported_as_user_errors() -> Iterator[None]:
         yield
     except LlavaFAError as e:
         raise UserError(str(e)) from None
+
+
+class CleanHelpCommand(TyperCommand):
+    """A command whose help shows no type placeholder (`<bool>`) on flags, which take no value.
+
+    Typer shows an option's metavar in place of its type; an empty one leaves the column blank."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        super().format_help(ctx, formatter)
+
+
+def check_output_file(path: Optional[Path], what: str, inputs: tuple[Optional[Path], ...] = ()) -> None:
+    """A file a command writes when it is done (--report, --json), checked before any work: not a
+    folder, not inside an input model folder, and in a place that can be written."""
+    if path is None:
+        return
+    from llava_fa.io.files import check_apart, check_writable
+
+    if Path(path).is_dir():
+        raise UserError(f"{what} {path} is a folder. Fix: give a file path for {what}")
+    with reported_as_user_errors():
+        for source in inputs:
+            if source is not None:
+                check_apart(Path(path), Path(source), what)
+        check_writable(Path(path), what)
+
+
+def check_model_inputs(model_dir: Path, forward_mode: Optional[str] = None) -> None:
+    """A model folder a command will load (config.json and the other JSON files accepted, the forward
+    mode available for its compressed layers), checked before anything loads."""
+    from llava_fa.io.checkpoint import check_forward_mode, check_model_folder
+
+    with reported_as_user_errors():
+        check_model_folder(model_dir)
+        if forward_mode is not None:
+            check_forward_mode(model_dir, forward_mode)
+
+
+def check_text_source(text: Optional[str], needed: bool = True) -> None:
+    """The perplexity text a command will read (--text FILE, 'datasets' or the shared WikiText-2 file)."""
+    from llava_fa.evaluation.perplexity import DATASETS_SOURCE, default_text_path, load_text
+
+    if not needed or text == DATASETS_SOURCE:
+        return
+    path = Path(text) if text is not None else default_text_path()
+    if not path.is_file():
+        try:
+            load_text(text)  # raises its own message, which names the fixes
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None

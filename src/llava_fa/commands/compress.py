@@ -10,15 +10,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from typer.core import TyperCommand
 
-from llava_fa.commands.common import DTYPE_HELP, reported_as_user_errors
+from llava_fa.commands.common import DTYPE_HELP, CleanHelpCommand, check_output_file, reported_as_user_errors
 from llava_fa.errors import UserError
 
 if TYPE_CHECKING:
     from llava_fa.recipe import Recipe
 
-METHOD_HELP = "Method (default rtn)."
+METHOD_HELP = "Compression method."
+BY_METHOD = "the method's"  # the default of an option several methods share
 
 
 def print_method_help(name: Optional[str]) -> None:
@@ -33,7 +33,7 @@ def print_method_help(name: Optional[str]) -> None:
     raise typer.Exit(0)
 
 
-class CompressCommand(TyperCommand):
+class CompressCommand(CleanHelpCommand):
     """The compress command, whose `--method` help lists the available methods.
 
     Listing them imports every method (and torch), so it happens only when help is shown, not when
@@ -44,7 +44,8 @@ class CompressCommand(TyperCommand):
 
         for param in self.params:
             if param.name == "method":
-                param.help = f"{METHOD_HELP} One of: {', '.join(available_methods())}."
+                param.help = (f"{METHOD_HELP} One of: {', '.join(available_methods())}. "
+                              f"`--help-method NAME` prints a method's -O options.")
         super().format_help(ctx, formatter)
 
 
@@ -53,50 +54,51 @@ class CompressCommand(TyperCommand):
 def compress(
     model: str = typer.Argument(..., help="Hugging Face model directory, or `testbed`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the compressed checkpoint to."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=METHOD_HELP, show_default="rtn"),
     # Acts in its callback, before MODEL and --out are required; the function never receives it.
     help_method: Optional[str] = typer.Option(None, "--help-method", metavar="NAME", is_eager=True,
                                               callback=print_method_help, expose_value=False,
-                                              help="Print the options of method NAME and exit."),
+                                              help="Print method NAME's -O options (meaning, default); exit."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML/JSON recipe; flags override it."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Bits per code, 1..8."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per group (-1: one per row)."),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no stored zeros)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid.", show_default=BY_METHOD),
     damp: Optional[float] = typer.Option(None, "--damp", help="GPTQ damping, fraction of mean diag(H)."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="GPTQ columns per lazy-update block."),
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",
-                                             help="GPTQ: columns by decreasing H_jj."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Any method option as KEY=VALUE (repeatable)."),
-    target: list[str] = typer.Option([], "--target", "-t", help="Module name, class name or re:REGEX (repeatable)."),
-    ignore: list[str] = typer.Option([], "--ignore", "-i", help="Pattern of modules to leave alone (repeatable)."),
-    vision: Optional[bool] = typer.Option(None, "--vision/--no-vision", help="Also compress the vision tower."),
-    projector: Optional[bool] = typer.Option(None, "--projector/--no-projector", help="Also compress the projector."),
-    calib: Optional[str] = typer.Option(None, "--calib",
+                                             help="GPTQ: columns by decreasing H_jj.", show_default=BY_METHOD),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="KEY=VALUE", show_default=False,
+                                     help="Any method option (repeatable); --help-method NAME lists them."),
+    target: list[str] = typer.Option([], "--target", "-t", metavar="PATTERN", show_default="the language decoder's "
+                                     "linear layers", help="Module name, class name or re:REGEX (repeatable)."),
+    ignore: list[str] = typer.Option([], "--ignore", "-i", metavar="PATTERN", show_default=False,
+                                     help="Pattern of modules to leave alone (repeatable)."),
+    vision: Optional[bool] = typer.Option(None, "--vision/--no-vision", help="Compress the vision tower too.",
+                                          show_default="no-vision"),
+    projector: Optional[bool] = typer.Option(None, "--projector/--no-projector", help="Compress the projector too.",
+                                             show_default="no-projector"),
+    calib: Optional[str] = typer.Option(None, "--calib", show_default="auto",
                                         help="auto, wikitext, builtin, easyvqa, mixed or a .txt path."),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration samples (default 32; 0: none)."),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per text sample (default 256)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Calibration sampling seed."),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", show_default="32", help="Calibration samples, 0: none."),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", show_default="256", help="Tokens per text sample."),
+    seed: Optional[int] = typer.Option(None, "--seed", show_default="0", help="Calibration sampling seed."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    work_dir: Optional[Path] = typer.Option(None, "--work-dir",
-                                            help="Per-layer shards for resuming (default .OUT.work)."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", show_default=".OUT.work", help="Shards for resuming."),
     restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace --out if it exists and llava-fa wrote it (never another folder)."),
     report_json: Optional[Path] = typer.Option(None, "--report", help="Also write the per-layer report here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Compress the language decoder's linear layers (and optionally vision tower / projector)."""
     from llava_fa.io.files import write_json_atomic
-    from llava_fa.methods import build_config
-    from llava_fa.runtime import quiet_transformers, resolve_device, resolve_dtype
+    from llava_fa.runtime import quiet_transformers
 
     rec = build_recipe(recipe, method, dict(bits=bits, group_size=group_size, sym=sym, damp=damp,
                                             block_size=block_size, act_order=act_order), option, target, ignore,
                        vision, projector, calib, nsamples, seqlen, seed)
-    with reported_as_user_errors():  # bad flags fail before any output
-        dev = resolve_device(device)
-        resolve_dtype(dtype, dev)
-        build_config(rec.method, rec.options)
+    dev = check_compress_inputs(model, rec, out, device, dtype, overwrite, work_dir, report_json)
     quiet_transformers()
     err = Console(stderr=True, quiet=quiet, soft_wrap=True)  # messages stay one line (greppable logs)
     err.print(f"compressing {model} with {rec.method} on {dev}")
@@ -109,6 +111,23 @@ def compress(
     s = report["summary"]
     err.print(f"wrote {out}: {s['layers']} layers, {s['bpw']:.4f} bits per weight, "
               f"{report['wall_seconds']:.1f} s")
+
+
+def check_compress_inputs(model: str, rec: Recipe, out: Path, device: str, dtype: str, overwrite: bool,
+                          work_dir: Optional[Path], report_json: Optional[Path]):
+    """Every flag and output of `llava-fa compress`, checked before anything loads; returns the device."""
+    from llava_fa.io.checkpoint import check_model_folder
+    from llava_fa.pipeline import check_options, resolve_model_path
+    from llava_fa.runtime import resolve_device, resolve_dtype
+
+    with reported_as_user_errors():
+        dev = resolve_device(device)
+        resolve_dtype(dtype, dev)
+        path = resolve_model_path(model)
+        check_options(rec, out, overwrite, model_path=path, work_dir=work_dir)
+        check_model_folder(path)
+    check_output_file(report_json, "--report", (path,))
+    return dev
 
 
 def run_with_progress(err: Console, model: str, rec: Recipe, out: Path, **pipeline_options) -> dict:

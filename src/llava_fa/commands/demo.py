@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llava_fa.commands.common import reported_as_user_errors
+from llava_fa.commands.common import check_output_file, reported_as_user_errors
 from llava_fa.errors import UserError
 from llava_fa.paths import cache_dir
 
@@ -51,18 +51,22 @@ def comparison_table(base: dict, comp: dict, report: dict) -> Table:
 
 
 def demo(
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Compression method."),
-    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Compression method (as in compress)."),
+    option: list[str] = typer.Option([], "--option", "-O", metavar="KEY=VALUE", show_default=False,
+                                     help="Method option (repeatable); `llava-fa compress --help-method NAME` lists "
+                                          "them."),
     limit: int = typer.Option(100, "--limit", min=1, help="easy-VQA test questions to evaluate."),
     ppl_windows: int = typer.Option(4, "--ppl-windows", min=0, help="WikiText-2 windows of 2048 tokens (0: skip)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Compressed model folder [default: $LLAVA_FA_CACHE/demo/METHOD]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Compressed model folder (reused when it holds one).",
+                                       show_default="$LLAVA_FA_CACHE/demo/METHOD-OPTIONS"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write both evaluations and the report here."),
 ) -> None:
     """Build the testbed, compress it, evaluate both models, print the comparison."""
-    from llava_fa.commands.testbed import ensure_testbed
+    from llava_fa.commands.testbed import default_testbed_dir, ensure_testbed
     from llava_fa.evaluation.runner import evaluate
     from llava_fa.io.files import write_json_atomic
+    from llava_fa.methods import build_config
     from llava_fa.pipeline import compress_checkpoint
     from llava_fa.recipe import Recipe
     from llava_fa.runtime import resolve_device
@@ -71,22 +75,24 @@ def demo(
     options = dict(DEFAULT_OPTIONS.get(method, {}))
     for item in option:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise UserError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = value
-    with reported_as_user_errors():
+        options[key.strip()] = value.strip()
+    with reported_as_user_errors():  # every flag and output, before the testbed is built
         dev = resolve_device(device)
-    testbed = ensure_testbed()
+        build_config(method, options)
+    check_output_file(json_path, "--json")
     out = out or cache_dir() / "demo" / "-".join([method] + [f"{k}{v}" for k, v in sorted(options.items())])
-    report_file = out / "compress_report.json"  # written by save_compressed
-    if report_file.exists():
+    report = reusable_report(out, method, default_testbed_dir())
+    testbed = ensure_testbed()
+    if report is not None:
         err.print(f"reusing the compressed model in {out}")
-        report = json.loads(report_file.read_text())
     else:
         err.print(f"compressing {testbed} with {method} {options} on {dev} ...")
         with reported_as_user_errors():
             report = compress_checkpoint(testbed, Recipe(method=method, options=options), out, device=str(dev),
-                                         on_info=err.print, on_block=lambda d, t, label: err.print(f"  [{d}/{t}] {label}"))
+                                         overwrite=True, on_info=err.print,
+                                         on_block=lambda d, t, label: err.print(f"  [{d}/{t}] {label}"))
     common = dict(limit=limit, ppl_windows=ppl_windows, device=dev, fidelity_prompts=16)
     err.print("evaluating the uncompressed testbed ...")
     base = evaluate(testbed, **common)
@@ -95,3 +101,24 @@ def demo(
     Console().print(comparison_table(base, comp, report))
     if json_path is not None:
         write_json_atomic(json_path, {"uncompressed": base, "compressed": comp, "report": report})
+
+
+def reusable_report(out: Path, method: str, testbed: Path) -> dict | None:
+    """The report of the `method` model that an earlier demo left in `out`, or None when `out` is to be
+    written; a folder llava-fa did not write, or a model of another method, is an error."""
+    from llava_fa.io.checkpoint import check_output_folder, written_by_llava_fa
+    from llava_fa.io.modules import REPORT
+
+    with reported_as_user_errors():
+        if written_by_llava_fa(out) and (out / REPORT).is_file():
+            try:
+                report = json.loads((out / REPORT).read_text())
+            except ValueError:
+                report = None  # a damaged report: the folder is llava-fa's, so it is written again
+            if isinstance(report, dict) and report.get("method") == method:
+                return report
+            if isinstance(report, dict):
+                raise UserError(f"--out {out} holds a {report.get('method')} model, not {method}. "
+                                f"Fix: choose another --out")
+        check_output_folder(out, overwrite=True, inputs=(testbed,))
+    return None

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from llava_fa.commands.common import DTYPE_HELP, FORWARD_MODE_HELP, reported_as_user_errors
+from llava_fa.commands.common import (DTYPE_HELP, FORWARD_MODE_HELP, check_model_inputs, check_output_file,
+                                      check_text_source, reported_as_user_errors)
 from llava_fa.errors import UserError
 
 
@@ -23,26 +24,27 @@ def _require_model_folder(path: Path, what: str) -> None:
 def eval_command(
     model_dir: Path = typer.Argument(..., help="Model folder (Hugging Face save_pretrained layout)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference model folder for KL / top-1 fidelity."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N easy-VQA test questions."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N easy-VQA test questions.",
+                                        show_default="all"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result to this JSON file."),
     vqa_mode: str = typer.Option("fast", "--vqa-mode", help="fast (rank the 13 answers in one forward), generate, or both."),
-    text: Optional[str] = typer.Option(None, "--text", help="Perplexity text file, or 'datasets' [default: $LLAVA_FA_DATA/wikitext-2-raw/wiki.test.raw]."),
+    text: Optional[str] = typer.Option(None, "--text", help="Perplexity text file, or 'datasets'.",
+                                       show_default="$LLAVA_FA_DATA/wikitext-2-raw/wiki.test.raw"),
     seqlen: int = typer.Option(2048, "--seqlen", min=2, help="Perplexity window length in tokens."),
-    ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0, help="At most N perplexity windows (0 skips perplexity)."),
+    ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0, show_default="all",
+                                              help="At most N perplexity windows (0 skips perplexity)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (or cuda:N)."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    vqa_root: Optional[Path] = typer.Option(None, "--vqa-root", help="easy-VQA data folder [default: the pinned asset]."),
+    vqa_root: Optional[Path] = typer.Option(None, "--vqa-root", help="easy-VQA data folder.",
+                                            show_default="the pinned asset"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per forward pass."),
     forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
 ) -> None:
     """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference."""
-    _require_model_folder(model_dir, "model folder")
-    if reference is not None:
-        _require_model_folder(reference, "reference folder")
-    from llava_fa.evaluation.runner import VQA_MODES, evaluate, print_result  # heavy imports: only when run
+    check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows,
+                      vqa_root)
+    from llava_fa.evaluation.runner import evaluate, print_result  # heavy imports: only when run
 
-    if vqa_mode not in VQA_MODES:
-        raise UserError(f"--vqa-mode {vqa_mode!r} is not one of {', '.join(VQA_MODES)}")
     with reported_as_user_errors():
         result = evaluate(model_dir, reference=reference, limit=limit, vqa_mode=vqa_mode, text_source=text,
                           seqlen=seqlen, ppl_windows=ppl_windows, device=device, dtype=dtype,
@@ -53,3 +55,28 @@ def eval_command(
 
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
+
+
+def check_eval_inputs(model_dir: Path, reference: Optional[Path], vqa_mode: str, forward_mode: Optional[str],
+                      device: str, dtype: str, json_path: Optional[Path], text: Optional[str],
+                      ppl_windows: Optional[int], vqa_root: Optional[Path]) -> None:
+    """Every flag of `llava-fa eval` that can be wrong, checked before a model loads."""
+    _require_model_folder(model_dir, "model folder")
+    if reference is not None:
+        _require_model_folder(reference, "reference folder")
+    from llava_fa.evaluation.runner import VQA_MODES
+    from llava_fa.runtime import resolve_device, resolve_dtype
+
+    if vqa_mode not in VQA_MODES:
+        raise UserError(f"--vqa-mode {vqa_mode!r} is not one of {', '.join(VQA_MODES)}. "
+                        f"Fix: pass --vqa-mode {' or '.join(VQA_MODES)}")
+    if vqa_root is not None and not Path(vqa_root).is_dir():
+        raise UserError(f"--vqa-root {vqa_root} is not a folder. Fix: pass the easy-VQA data folder, or leave "
+                        f"--vqa-root out to use the pinned asset")
+    check_model_inputs(model_dir, forward_mode)
+    if reference is not None:
+        check_model_inputs(reference)
+    with reported_as_user_errors():
+        resolve_dtype(dtype, resolve_device(device))
+    check_output_file(json_path, "--json", (model_dir, reference))
+    check_text_source(text, needed=ppl_windows != 0)

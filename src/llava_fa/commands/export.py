@@ -22,7 +22,11 @@ def export(
     except ImportError:
         raise UserError("exporting needs the compressed-tensors package. Fix: pip install 'llava-fa[export]' "
                         "(or pip install compressed-tensors)") from None
+    from llava_fa.io.files import check_apart, check_writable
+
     with reported_as_user_errors():
+        check_apart(out, model_dir)  # `export DIR --out DIR --overwrite` must not replace the input
+        check_writable(out)
         qconfig = export_compressed_tensors(model_dir, out, overwrite=overwrite)
     groups = ", ".join(f"{g['weights']['num_bits']}-bit groups of {g['weights']['group_size']}"
                        for g in qconfig["config_groups"].values())

@@ -24,7 +24,7 @@ def fetch() -> None:
 
 
 def build(
-    out: Path = typer.Option(None, "--out", help="Output folder [default: $LLAVA_FA_CACHE/testbed]."),
+    out: Path = typer.Option(None, "--out", help="Output folder.", show_default="$LLAVA_FA_CACHE/testbed"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact GGUF dequantization), bfloat16 or float16."),
     untrained: bool = typer.Option(False, "--untrained", help="Keep a random projector instead of the committed one."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder exists."),

@@ -1,15 +1,14 @@
-"""Helpers shared by the evaluation metrics: model device and dtype, left-padded batches, cached pixel values."""
+"""Helpers shared by the evaluation metrics: model device and dtype, left-padded batches made by the
+model's own processor, the positions generate() gives them."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
 import torch
 
 from llava_fa.testbed.easyvqa import load_image
-from llava_fa.testbed.prompt import IMAGE_TOKEN
 
 T = TypeVar("T")
 
@@ -51,46 +50,31 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class PixelCache:
-    """Pixel values and the expanded image-token run, computed once per image file.
-
-    easy-VQA asks several questions about each image, so processing each image once saves the
-    image processor's work; `maxsize` bounds memory on the full test split.
-    """
-
-    def __init__(self, processor, maxsize: int = 2048):
-        self.processor = processor
-        self.maxsize = maxsize
-        self._items: OrderedDict[Path, tuple[torch.Tensor, str]] = OrderedDict()
-
-    def get(self, path: Path) -> tuple[torch.Tensor, str]:
-        if path in self._items:
-            self._items.move_to_end(path)
-            return self._items[path]
-        pixel_values = self.processor.image_processor(images=[load_image(path)], return_tensors="pt")["pixel_values"]
-        # The processor's own rule for how many placeholder tokens one image takes.
-        run = self.processor.replace_image_token({"pixel_values": pixel_values}, 0)
-        self._items[path] = (pixel_values, run)
-        if len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
-        return pixel_values, run
+def on_model(model: torch.nn.Module, inputs) -> dict[str, torch.Tensor]:
+    """Every tensor of a processor's output on the model's device, floating ones in its dtype."""
+    device, dtype = model_device(model), model_dtype(model)
+    return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
 
-def image_batch(processor, cache: PixelCache, paths: Sequence[Path], texts: Sequence[str],
-                device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Model inputs for prompts that each hold one IMAGE_TOKEN, left padded."""
-    tok = prepare_tokenizer(processor)
-    pixels, expanded = [], []
-    for path, text in zip(paths, texts):
-        pv, run = cache.get(path)
-        pixels.append(pv)
-        expanded.append(text.replace(IMAGE_TOKEN, run, 1))
-    enc = tok(expanded, padding=True, return_tensors="pt")
-    return {
-        "input_ids": enc["input_ids"].to(device),
-        "attention_mask": enc["attention_mask"].to(device),
-        "pixel_values": torch.cat(pixels).to(device=device, dtype=dtype),
-    }
+def image_batch(model: torch.nn.Module, processor, paths: Sequence[Path], texts: Sequence[str]) -> dict:
+    """Model inputs for texts that each hold one image (the file at the same index), left padded.
+
+    The model's own processor makes them, so every input it produces reaches the model
+    (pixel_values, image_grid_thw, image_sizes, pixel_attention_mask, mm_token_type_ids, ...)."""
+    prepare_tokenizer(processor)
+    images = [[load_image(Path(path))] for path in paths]
+    return on_model(model, processor(images=images, text=list(texts), padding=True, return_tensors="pt"))
+
+
+def padded_positions(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The position ids generate() gives a left-padded batch: each row counts from its first real
+    token, in the model's own scheme (Qwen2-VL's 3-D M-RoPE positions follow the image grids)."""
+    # generate() computes them with this hook of GenerationMixin; models without it use plain positions.
+    prepare = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare is None:
+        return position_ids(batch["attention_mask"])
+    return prepare(batch["input_ids"], dict(batch))
 
 
 def text_batch(tokenizer, texts: Sequence[str], device: torch.device, max_length: int | None = None) -> dict:

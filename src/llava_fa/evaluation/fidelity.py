@@ -8,17 +8,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from llava_fa.evaluation._common import (PixelCache, chunks, image_batch, model_device, model_dtype,
-                                         position_ids, text_batch)
+from llava_fa.calibration.data import conversation_text
+from llava_fa.evaluation._common import chunks, image_batch, model_device, on_model, padded_positions, text_batch
 from llava_fa.testbed.easyvqa import VQAExample, user_text
-from llava_fa.testbed.prompt import image_prompt
 
 TEXT_PROMPT_TOKENS = 128  # text prompts are truncated to this many tokens
 
 
-def vqa_sequence(ex: VQAExample) -> str:
-    """The prompt followed by the gold answer and end of turn: what a good model would emit."""
-    return image_prompt(user_text(ex.question)) + ex.answer + "<|im_end|>"
+def vqa_sequence(ex: VQAExample, processor=None) -> str:
+    """The prompt followed by the gold answer and end of turn: what a good model would emit, in the
+    processor's chat template (the testbed's without one). Trailing whitespace is not scored."""
+    return conversation_text(processor, user_text(ex.question), ex.answer).rstrip()
 
 
 def text_prompts(text: str, n: int, min_words: int = 20) -> list[str]:
@@ -27,12 +27,10 @@ def text_prompts(text: str, n: int, min_words: int = 20) -> list[str]:
     return [row for row in rows if len(row.split()) >= min_words][:n]
 
 
-def _inputs(model, processor, group, cache: PixelCache | None) -> dict:
-    device = model_device(model)
-    if cache is None:
-        return text_batch(processor, group, device, max_length=TEXT_PROMPT_TOKENS)
-    return image_batch(processor, cache, [ex.image_path for ex in group], [vqa_sequence(ex) for ex in group],
-                       device, model_dtype(model))
+def _inputs(model, processor, group, is_text: bool) -> dict:
+    if is_text:
+        return text_batch(processor, group, model_device(model), max_length=TEXT_PROMPT_TOKENS)
+    return image_batch(model, processor, [ex.image_path for ex in group], [vqa_sequence(ex, processor) for ex in group])
 
 
 def _scored_positions(batch: dict, image_token_id: int | None) -> torch.Tensor:
@@ -45,7 +43,7 @@ def _scored_positions(batch: dict, image_token_id: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def _logits(model, batch: dict) -> torch.Tensor:
-    return model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False).logits.float()
+    return model(**batch, position_ids=padded_positions(model, batch), use_cache=False).logits.float()
 
 
 @torch.no_grad()
@@ -60,14 +58,11 @@ def fidelity(model, reference, processor, examples: Sequence[VQAExample] | Seque
     model.eval()
     reference.eval()
     is_text = bool(examples) and isinstance(examples[0], str)
-    cache = None if is_text else PixelCache(processor)
     image_token_id = None if is_text else getattr(processor, "image_token_id", None)
     kl_sum, agree, n_tokens = 0.0, 0, 0
     for group in tqdm(list(chunks(examples, batch_size)), desc="fidelity", unit="batch", disable=not progress):
-        batch = _inputs(model, processor, group, cache)
-        ref_batch = {k: v.to(model_device(reference)) for k, v in batch.items()}
-        if "pixel_values" in ref_batch:
-            ref_batch["pixel_values"] = ref_batch["pixel_values"].to(model_dtype(reference))
+        batch = _inputs(model, processor, group, is_text)
+        ref_batch = on_model(reference, batch)
         logp = F.log_softmax(_logits(model, batch), -1)
         ref_logp = F.log_softmax(_logits(reference, ref_batch), -1).to(logp.device)
         if logp.shape != ref_logp.shape:

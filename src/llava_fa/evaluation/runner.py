@@ -9,6 +9,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from llava_fa.calibration.data import require_image_processor
 from llava_fa.evaluation._common import model_dtype
 from llava_fa.evaluation.fidelity import fidelity, text_prompts
 from llava_fa.evaluation.perplexity import load_text, perplexity
@@ -23,9 +24,13 @@ TEXT_ONLY_NOTE = "text-only model: VQA skipped"
 
 def load_for_evaluation(model_dir: str | Path, device: torch.device | str,
                         dtype: torch.dtype | str) -> tuple[torch.nn.Module, object, bool]:
-    """(model, processor or tokenizer, takes images?) for a model directory, compressed or not."""
+    """(model, processor or tokenizer, takes images?) for a model directory, compressed or not. A model
+    that takes images needs its own processor: VQA and image fidelity feed it every input it makes."""
     model, processor = load_model_and_processor(Path(model_dir), device, dtype)
-    return model, processor, getattr(model.config, "vision_config", None) is not None
+    multimodal = getattr(model.config, "vision_config", None) is not None
+    if multimodal:
+        require_image_processor(processor, model_dir)
+    return model, processor, multimodal
 
 
 def _timed(seconds: dict, key: str, fn, *args, **kwargs):

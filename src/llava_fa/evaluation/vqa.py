@@ -9,10 +9,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from llava_fa.evaluation._common import (PixelCache, chunks, image_batch, model_device, model_dtype,
-                                         position_ids, tokenizer_of)
+from llava_fa.calibration.data import conversation_text
+from llava_fa.evaluation._common import chunks, image_batch, model_device, padded_positions, tokenizer_of
 from llava_fa.testbed.easyvqa import VQAExample, load_answers, load_split, normalize_answer, user_text
-from llava_fa.testbed.prompt import image_prompt
 
 MODES = ("fast", "generate")
 N_WRONG_EXAMPLES = 5
@@ -53,14 +52,17 @@ def summarize(examples: Sequence[VQAExample], predictions: Sequence[str], mode: 
             "correct": correct, "mode": mode, "per_answer": dict(sorted(per_answer.items())), "wrong": wrong}
 
 
+def vqa_prompt(processor, ex: VQAExample) -> str:
+    """The image and question in the model's chat template, ready for the answer."""
+    return conversation_text(processor, user_text(ex.question))
+
+
 def _batches(model, processor, examples, batch_size: int, desc: str, progress: bool):
-    """Left-padded image+question batches, with pixel values cached per image."""
-    cache = PixelCache(processor)
-    device, dtype = model_device(model), model_dtype(model)
+    """Left-padded image+question batches."""
     bar = tqdm(total=len(examples), desc=desc, unit="q", disable=not progress)
     for group in chunks(examples, batch_size):
-        texts = [image_prompt(user_text(ex.question)) for ex in group]
-        yield group, image_batch(processor, cache, [ex.image_path for ex in group], texts, device, dtype)
+        texts = [vqa_prompt(processor, ex) for ex in group]
+        yield group, image_batch(model, processor, [ex.image_path for ex in group], texts)
         bar.update(len(group))
     bar.close()
 
@@ -72,7 +74,7 @@ def predict_fast(model, processor, examples: Sequence[VQAExample], answers: Sequ
     ids = torch.tensor(answer_token_ids(processor, answers), device=model_device(model))
     predictions = []
     for _, batch in _batches(model, processor, examples, batch_size, "vqa fast", progress):
-        logits = model(**batch, position_ids=position_ids(batch["attention_mask"]), use_cache=False,
+        logits = model(**batch, position_ids=padded_positions(model, batch), use_cache=False,
                        logits_to_keep=1).logits  # only the next-token slot: skips a vocab-sized matmul per position
         best = logits[:, -1, ids].argmax(-1)  # left padding: -1 is every row's next-token slot
         predictions += [answers[i] for i in best.tolist()]
@@ -95,7 +97,7 @@ def predict_generate(model, processor, examples: Sequence[VQAExample], batch_siz
 
 def vqa_accuracy(model, processor, mode: str = "fast", limit: int | None = None, root: Path | None = None,
                  batch_size: int = 16, max_new_tokens: int = 4, progress: bool = True) -> dict:
-    """easy-VQA test accuracy of a LLaVA model in "fast" or "generate" mode.
+    """easy-VQA test accuracy of a vision-language model in "fast" or "generate" mode.
 
     Returns {"accuracy", "n", "correct", "mode", "per_answer": {answer: {n, correct, accuracy}}, "wrong"}.
     """

@@ -2,7 +2,9 @@
 
 Layout of a checkpoint directory:
 - config.json: the model config, `quantization_config` = {quant_method: "llava_fa", method,
-  method_config, modules: {name: {format, in_features, out_features, bias, params}}, ...};
+  method_config, modules: {name: {format, in_features, out_features, bias, params}}, ...}, and
+  the load guard `transformers_weights` that makes transformers refuse the folder unless llava_fa
+  is imported (io/hf.py);
 - model.safetensors (or shards + index): every tensor; a compressed module `m` stores its buffers
   as `m.<buffer>` (e.g. `m.qweight`, `m.scales`, `m.qzeros`) and its bias as `m.bias`;
 - llava_fa_manifest.json: size and sha256 of each weight file, so truncation and corruption
@@ -20,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from llava_fa.errors import CheckpointError
-from llava_fa.formats import CompressedLinear
-from llava_fa.io.files import atomic_dir, read_header
-from llava_fa.io.hf import LlavaFAConfig, LlavaFAHfQuantizer, register
-from llava_fa.io.modules import REPORT, module_entry, verify_files, write_manifest
+from llava_fa.errors import CheckpointError, ConfigError
+from llava_fa.formats import FORMATS, CompressedLinear, get_format
+from llava_fa.io.files import atomic_dir, check_apart, check_replaceable, check_writable, read_header
+from llava_fa.io.hf import LOAD_GUARD, LOAD_GUARD_KEY, QUANT_METHOD, LlavaFAConfig, LlavaFAHfQuantizer, register
+from llava_fa.io.modules import MANIFEST, REPORT, module_entry, verify_files, write_manifest
 
 
 # --- save / load ---------------------------------------------------------------------------------
@@ -38,13 +40,16 @@ def quantization_config(model: nn.Module, method: str, method_config: dict, targ
 
 def save_compressed(model: nn.Module, out: Path, qconfig, processor=None, report: dict | None = None,
                     overwrite: bool = False) -> Path:
-    """Write the compressed model (and processor) to `out` atomically."""
+    """Write the compressed model (and processor) to `out` atomically.
+
+    `overwrite` replaces whatever `out` holds; check a user's --out with check_output_folder first."""
     register()
     model.config.quantization_config = qconfig
     model.hf_quantizer = LlavaFAHfQuantizer(qconfig, pre_quantized=True)
     with atomic_dir(out, overwrite) as tmp:
         # save_original_format=False: keys stay the in-memory module names that quantization_config uses.
         model.save_pretrained(tmp, save_original_format=False)
+        _add_load_guard(tmp / "config.json")
         if processor is not None:
             processor.save_pretrained(tmp)
         if report is not None:
@@ -56,7 +61,15 @@ def save_compressed(model: nn.Module, out: Path, qconfig, processor=None, report
     return Path(out)
 
 
+def _add_load_guard(config_file: Path) -> None:
+    # After save_pretrained, which drops the key from any config it writes (io/hf.py says why it is there).
+    config = json.loads(config_file.read_text())
+    config[LOAD_GUARD_KEY] = LOAD_GUARD
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def read_config(path: Path) -> dict[str, Any]:
+    """config.json of a model folder as a dict, without the load guard (io/hf.py)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
@@ -64,11 +77,88 @@ def read_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a directory; pass the folder written by `llava-fa compress`")
     cfg = path / "config.json"
     if not cfg.is_file():
-        raise CheckpointError(f"missing file {cfg}: {path} is not a model checkpoint")
+        raise CheckpointError(f"missing file {cfg}: {path} is not a model checkpoint. "
+                              f"Fix: pass a folder written by save_pretrained or `llava-fa compress`")
     try:
-        return json.loads(cfg.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg} is not valid JSON ({e}); the checkpoint is corrupted") from None
+        config = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg} is not valid JSON ({e}). Fix: {_restore(cfg)}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg} holds a JSON {type(config).__name__}, not an object. Fix: {_restore(cfg)}")
+    if config.get(LOAD_GUARD_KEY) == LOAD_GUARD:
+        del config[LOAD_GUARD_KEY]
+    return config
+
+
+def _restore(file: Path) -> str:
+    return (f"restore {file.name} (copy it from the model it came from, or write {file.parent} again "
+            f"with save_pretrained or `llava-fa compress`)")
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """A library's error on one line, cut to `limit` characters (transformers' can run to a paragraph)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_model_folder(path: Path) -> dict[str, Any]:
+    """A model folder's config.json and other JSON files, checked as far as possible without loading
+    weights: valid JSON, a config transformers accepts and whose model_type fits its architecture.
+    Returns the config (as read_config)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    config = read_config(path)
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{file} is not valid JSON ({e}). Fix: {_restore(file)}") from None
+    try:
+        parsed = AutoConfig.from_pretrained(path)
+    except Exception as e:  # whatever transformers raises for a config it refuses
+        raise CheckpointError(f"{path / 'config.json'} is rejected by transformers ({_one_line(e)}). "
+                              f"Fix: {_restore(path / 'config.json')}") from None
+    expected = getattr(getattr(model_class(config), "config_class", None), "model_type", "")
+    if expected and parsed.model_type != expected:
+        raise CheckpointError(f"{path / 'config.json'} says model_type {parsed.model_type!r} but its architecture "
+                              f"needs {expected!r}. Fix: {_restore(path / 'config.json')}")
+    return config
+
+
+def check_output_folder(out: Path, overwrite: bool = False, inputs: tuple[Path, ...] = (),
+                        what: str = "--out") -> None:
+    """Before any work: `out` is apart from every input folder, replaced only with `overwrite` and only
+    when llava-fa wrote it (its manifest is there), and its folder can be written."""
+    for source in inputs:
+        check_apart(out, source, what)
+    check_replaceable(out, overwrite, MANIFEST, what)
+    check_writable(out, what)
+
+
+def written_by_llava_fa(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def check_forward_mode(path: Path, mode: str) -> None:
+    """What set_forward_mode checks on a loaded model, checked on the folder's config before loading."""
+    known = sorted({m for cls in FORMATS.values() for m in getattr(cls, "backends", {})})
+    if mode not in known:
+        raise ConfigError(f"unknown forward mode {mode!r}. Fix: use one of {', '.join(known)}")
+    qc = read_config(path).get("quantization_config")
+    ours = isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD and isinstance(qc.get("modules"), dict)
+    modules = qc["modules"] if ours else {}
+    if not modules:
+        raise ConfigError(f"forward mode {mode!r}: {path} has no compressed layers. Fix: pass a checkpoint "
+                          "written by `llava-fa compress`, or drop the forward mode.")
+    formats = {name: get_format(entry.get("format") if isinstance(entry, dict) else None)
+               for name, entry in modules.items()}
+    unsupported = [(name, cls) for name, cls in formats.items() if mode not in getattr(cls, "backends", {})]
+    if unsupported:
+        name, cls = unsupported[0]
+        raise ConfigError(f"forward mode {mode!r} is not available for {len(unsupported)} of the {len(modules)} "
+                          f"compressed layers (e.g. {name}, format {cls.format!r}, modes: {', '.join(cls.backends)}). "
+                          "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
 
 
 def model_class(config: dict[str, Any]):
@@ -90,41 +180,64 @@ def load_model(path: Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     choose it with `llava_fa.runtime.resolve_dtype`, which knows the device the model computes on."""
     register()
     path = Path(path)
-    config = read_config(path)
+    config = check_model_folder(path)
     qc = config.get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") == "llava_fa":
+    if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
         verify_files(path)  # gives the message before transformers' own, less specific, errors
     else:
         files = sorted(path.glob("*.safetensors"))
         if not files and not list(path.glob("*.bin")):
-            raise CheckpointError(f"{path} holds no weight files (*.safetensors)")
+            raise CheckpointError(f"{path} holds no weight files (*.safetensors). Fix: copy them from the original "
+                                  f"model, or download or rebuild it")
         for f in files:
             read_header(f, fix="download or rebuild the model")  # clear, unlike safetensors' own error
     try:
-        model = model_class(config).from_pretrained(path, dtype=dtype)
+        model, info = model_class(config).from_pretrained(path, dtype=dtype, output_loading_info=True)
     except CheckpointError:
         raise
     except Exception as e:  # whatever transformers/safetensors raise for a broken folder
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"cannot load {path} ({_one_line(e)}). Fix: download or rebuild the model, or "
+                              f"compress it again") from None
+    # transformers fills weights missing from the files with random values and only logs it.
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} weight(s) its architecture needs (e.g. {missing[0]}); "
+                              f"they would be random. Fix: download or rebuild the model, or compress it again")
     return model.to(device).eval()
 
 
 def load_processor(path: Path):
-    """The processor saved with the model, else its tokenizer, else None."""
+    """The processor saved with the model, else its tokenizer; None when the folder has neither.
+
+    Files that are there but do not load are an error, not None: the message names them."""
     from transformers import AutoProcessor, AutoTokenizer
 
+    path = Path(path)
+    present = sorted(p.name for p in path.iterdir() if p.name in _PROCESSOR_FILES)
+    if not present:
+        return None
+    errors = []
     for loader in (AutoProcessor, AutoTokenizer):
         try:
             return loader.from_pretrained(path)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
+        except Exception as e:  # tokenizers and processors raise many types (even plain Exception)
+            errors.append(e)
+    raise CheckpointError(f"cannot load the tokenizer or processor of {path} ({_one_line(errors[-1])}). "
+                          f"Fix: copy the tokenizer and processor files (tokenizer.json, tokenizer_config.json, "
+                          f"processor_config.json, ...) from the original model into {path}")
+
+
+# Files of a tokenizer or processor that save_pretrained writes.
+_PROCESSOR_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "merges.txt", "tokenizer.model", "processor_config.json",
+                    "preprocessor_config.json", "chat_template.json", "chat_template.jinja"}
 
 
 def load_model_and_processor(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = "auto"):
     """`load_model` and the processor (or tokenizer) saved with it, which running the model needs."""
-    model = load_model(path, device, dtype)
-    processor = load_processor(path)
+    check_model_folder(path)
+    processor = load_processor(path)  # first: a broken tokenizer fails before the weights load
     if processor is None:
-        raise CheckpointError(f"{path} has no processor or tokenizer files")
-    return model, processor
+        raise CheckpointError(f"{path} has no processor or tokenizer files. Fix: copy them (tokenizer.json, "
+                              f"tokenizer_config.json, processor_config.json, ...) from the original model into {path}")
+    return load_model(path, device, dtype), processor

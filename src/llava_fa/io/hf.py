@@ -4,6 +4,26 @@
 format and parameters. Before the weights load, the quantizer swaps each listed `nn.Linear` of the
 (meta-device) skeleton for an empty module of that format; the ordinary safetensors loading then
 fills its buffers. Registration happens once, on `import llava_fa`.
+
+Loading without `import llava_fa` must fail, never run. What transformers 5 does on its own:
+an unknown `quant_method` is only a warning ("Unknown quantization type ... we will skip the
+quantization", `AutoHfQuantizer.supports_quant_method`), the plain skeleton is built, our stored
+tensors (`qweight`, `scales`, ...) are "unexpected" and each `weight` they replace is "missing", and
+missing weights are freshly initialized with a logged report: a model of random decoder weights.
+Only size mismatches and conversion errors raise. So new checkpoints carry a load guard in
+config.json: `transformers_weights` (the key naming an explicit weights file) set to a sentence that
+is no safetensors file name. transformers reads that key before any weight and raises
+"The transformers file in the config seems to be incorrect: ... : <our sentence>" (ValueError),
+which tells the user to `import llava_fa`. With llava_fa imported, our quantizer is built first
+(`get_hf_quantizer`) and its `update_attn_implementation(config)`, the one hook that sees the model
+config before the weight files are resolved, removes the guard; the weights then load as usual.
+Checkpoints written before the guard (tests/fixtures/legacy_v1) have no such key and load as they
+did; a checkpoint re-saved by transformers' own save_pretrained loses the key (config.save_pretrained
+drops `transformers_weights`), so it loads with llava_fa as before but is unguarded without it.
+`io.checkpoint.read_config` leaves the guard out of the dict it returns, so copies of a config
+(exports, fingerprints) never carry it. Rejected alternatives: another `quant_method` name (any
+unknown one is skipped the same way) and a dense `weight` of the wrong shape stored beside the codes
+(transformers raises on the size mismatch, but with its own message, and it costs bytes).
 """
 
 from __future__ import annotations
@@ -23,6 +43,11 @@ from llava_fa.io.modules import check_checkpoint_files, check_loaded, install_mo
 
 QUANT_METHOD = "llava_fa"
 FORMAT_VERSION = 1
+# The load guard (see the module docstring): config.json key and value. The value must not end in
+# .safetensors or .safetensors.index.json, so transformers refuses it as a file name.
+LOAD_GUARD_KEY = "transformers_weights"
+LOAD_GUARD = ("llava-fa checkpoint: run `import llava_fa` before from_pretrained (pip install llava-fa); "
+              "without it the compressed layers would load as random weights")
 
 
 class LlavaFAConfig(QuantizationConfigMixin):
@@ -53,6 +78,12 @@ class LlavaFAConfig(QuantizationConfigMixin):
 
 class LlavaFAHfQuantizer(HfQuantizer):
     requires_calibration = True  # loads compressed checkpoints; compressing is `llava-fa compress`
+
+    def update_attn_implementation(self, config):
+        # Called by get_hf_quantizer before the weight files are resolved: lift the load guard.
+        if getattr(config, LOAD_GUARD_KEY, None) == LOAD_GUARD:
+            delattr(config, LOAD_GUARD_KEY)
+        return super().update_attn_implementation(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if checkpoint_files:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from llava_fa.errors import CheckpointError
-from llava_fa.formats import CompressedLinear, get_format
+from llava_fa.formats import CompressedLinear, get_format, unfuse_experts
 from llava_fa.io.files import read_header, sha256_of, stored_key
 
 log = logging.getLogger("llava_fa")
@@ -48,10 +48,14 @@ def build_module(name: str, entry: dict[str, Any]) -> CompressedLinear:
 
 
 def install_modules(model: nn.Module, qconfig) -> None:
-    """Swap each listed nn.Linear for an empty module of its stored format (same device as before)."""
+    """Swap each listed nn.Linear for an empty module of its stored format (same device as before);
+    fused MoE experts that entries point into are linearized first (formats/experts.py)."""
     modules = getattr(qconfig, "modules", None)
     if not isinstance(modules, dict) or not modules:
         raise CheckpointError("quantization_config lists no compressed modules")
+    # Expert linears ("<experts>.gate_up_proj.<e>") live in the LinearExperts that replaced the
+    # model's fused experts module when it was compressed: rebuild that container first.
+    unfuse_experts(model, modules)
     for name, entry in modules.items():
         try:
             old = model.get_submodule(name)

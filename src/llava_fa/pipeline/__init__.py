@@ -7,6 +7,7 @@ per-layer report and its errors).
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,18 +36,20 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
                         on_block: Callable[[int, int, str], None] | None = None,
                         on_row: Callable[[LayerReport], None] | None = None) -> dict[str, Any]:
     """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report."""
-    from llava_fa.io.checkpoint import quantization_config, read_config, save_compressed
+    from llava_fa.io.checkpoint import check_model_folder, quantization_config, read_config, save_compressed
 
     info = on_info or _silent
-    method, config = check_options(recipe, out, overwrite)  # what can be checked without the model, first
     path = resolve_model_path(model_path)
+    # Everything that can be checked without loading the model, before any work or output.
+    method, config = check_options(recipe, out, overwrite, model_path=path, work_dir=work_dir)
+    check_model_folder(path)
     check_not_compressed(path)
     t0 = time.perf_counter()
     model, processor = load(path, device, dtype)
     parts = find_parts(model)
     names, targets, ignore = plan(model, recipe, parts)
     blocks = make_plan(model, names, method, parts)
-    info(f"{len(names)} linear layers selected ({sum(model.get_submodule(n).weight.numel() for n in names):,} weights)")
+    describe_selection(model, names, parts, method, info)
     samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=parts.vision is not None)
     info(f"calibration: {described}")
 
@@ -76,21 +79,58 @@ def _silent(message: str) -> None:
     pass
 
 
-def check_options(recipe, out: Path, overwrite: bool) -> tuple[Method, MethodConfig]:
-    """The method with its config, after every check of the options that needs no model."""
+def describe_selection(model, names: list[str], parts, method: Method, info: Callable[[str], None]) -> None:
+    """What the selection takes, MoE experts apart (make_plan warns about fused experts left dense)."""
+    from llava_fa.calibration.experts import MIN_TOKEN_SHARE
+    from llava_fa.selection import count_selected
+
+    count = count_selected(model, names)
+    info(count.describe())
+    if count.expert_layers and method.needs:
+        info(f"MoE: each expert is calibrated on the tokens routed to it; one routed under {MIN_TOKEN_SHARE:.1%} of "
+             f"its module's tokens takes the statistics pooled over the module's experts (reported per layer)")
+
+
+def check_options(recipe, out: Path, overwrite: bool, model_path: Path | None = None,
+                  work_dir: Path | None = None) -> tuple[Method, MethodConfig]:
+    """The method with its config, after every check of the options and outputs that needs no model:
+    method options, re: patterns, calibration, and the outputs (apart from the model folder, an
+    existing --out replaced only with `overwrite` and only if llava-fa wrote it, writable)."""
     from llava_fa.calibration.data import SOURCES
 
     config = build_config(recipe.method, recipe.options)
     method = get_method(recipe.method)(config)
+    check_patterns([*(recipe.targets or []), *recipe.ignore])
     cal = recipe.calibration
     if cal.nsamples < 0 or cal.seqlen < 1:
         raise ConfigError(f"--nsamples must be >= 0 and --seqlen >= 1 (got {cal.nsamples}, {cal.seqlen})")
     if cal.source not in SOURCES and not Path(cal.source).is_file():
         raise DataError(f"calibration source {cal.source!r} is neither one of {', '.join(SOURCES)} nor an existing "
                         f"text file")
-    if Path(out).exists() and not overwrite:
-        raise ConfigError(f"{out} already exists. Fix: pass --overwrite or choose another --out")
+    check_outputs(Path(out), overwrite, Path(model_path) if model_path is not None else None, work_dir)
     return method, config
+
+
+def check_patterns(patterns: list[str]) -> None:
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as e:
+                raise ConfigError(f"bad regular expression in {pattern!r}: {e}. Fix: correct the pattern after "
+                                  f"re: (Python re syntax), or escape its special characters") from None
+
+
+def check_outputs(out: Path, overwrite: bool, model_path: Path | None, work_dir: Path | None) -> None:
+    from llava_fa.io.checkpoint import check_output_folder
+    from llava_fa.io.files import check_apart, check_writable
+
+    inputs = (model_path,) if model_path is not None else ()
+    check_output_folder(out, overwrite, inputs)
+    if work_dir is not None:
+        for source in inputs:
+            check_apart(Path(work_dir), source, "--work-dir")
+        check_writable(Path(work_dir) / "state.json", "--work-dir")
 
 
 def resolve_model_path(model: str | Path) -> Path:
@@ -127,8 +167,10 @@ def load(path: Path, device: str, dtype: str):
 
 
 def calibration_samples(processor, cal, path: Path, multimodal: bool) -> tuple[list[dict], str]:
-    from llava_fa.calibration.data import build_samples
+    from llava_fa.calibration.data import build_samples, require_image_processor
 
+    if multimodal:  # also what is saved with the checkpoint: checked before any work, whatever --nsamples
+        require_image_processor(processor, path)
     if cal.nsamples and processor is None:
         raise DataError(f"{path} has no tokenizer/processor to build calibration samples; pass --nsamples 0 "
                         f"(methods without calibration only)")

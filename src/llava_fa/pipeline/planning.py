@@ -7,14 +7,19 @@ decoder layers: vision tower, projector), `layer_NNN` (the targets of one decode
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from llava_fa.calibration.architectures import architecture_of
 from llava_fa.errors import ConfigError, DataError
+from llava_fa.formats import unfuse_experts
 from llava_fa.methods.base import Method
-from llava_fa.selection import Parts, find_parts, recipe_patterns, select
+from llava_fa.selection import Parts, dense_fused_weights, find_parts, recipe_patterns, select
+
+log = logging.getLogger("llava_fa")
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,18 @@ class Plan:
     layers: dict[int, tuple[str, ...]]  # decoder layer index -> its targets
     post: tuple[str, ...]  # the LM head
     num_layers: int  # decoder layers in the model, targeted or not
+    image_inputs: tuple[str, ...] = ()  # decoder linears (name suffixes) whose inputs are image features only
 
     @property
     def blocks(self) -> list[str]:
         return ((["pre"] if self.pre else []) + [layer_block(i) for i in sorted(self.layers)]
                 + (["post"] if self.post else []))
 
-    @property
-    def image_only_prefixes(self) -> tuple[str, ...]:
-        """Modules under these names see image features only (their statistics are `image` tokens)."""
-        return tuple(p + "." for p in (self.parts.vision, self.parts.projector) if p)
+    def image_only(self, name: str) -> bool:
+        """Does the linear `name` see image features only (its statistics are all `image` tokens)? The
+        vision tower and the projector do, and the architecture's image inputs (cross-attention k/v)."""
+        inside = any(name == p or name.startswith(p + ".") for p in (self.parts.vision, self.parts.projector) if p)
+        return inside or name.endswith(self.image_inputs)
 
     def last_layer(self, calibrated: bool) -> int:
         """Index of the last decoder layer to run (-1: none). Calibrating the LM head needs the
@@ -51,12 +58,15 @@ def layer_block(index: int) -> str:
 
 
 def make_plan(model: nn.Module, names: list[str], method: Method, parts: Parts | None = None) -> Plan:
-    """Check the targets (once) and group them into blocks."""
+    """Check the targets (once) and group them into blocks.
+
+    Fused MoE experts that targets point into are linearized first, in place (formats/experts.py):
+    from here on each expert projection is the nn.Linear its name designates."""
     parts = parts or find_parts(model)
+    unfuse_experts(model, names)
+    warn_dense_experts(model, parts)
     check_targets(model, names, method)
     layers: nn.ModuleList = model.get_submodule(parts.layers)
-    if len({getattr(layer, "attention_type", None) for layer in layers}) > 1:
-        raise ConfigError("decoder layers with different attention types (sliding/full) are not supported yet")
     per_layer: dict[int, list[str]] = {}
     pre, post = [], []
     for name in names:
@@ -67,7 +77,16 @@ def make_plan(model: nn.Module, names: list[str], method: Method, parts: Parts |
         else:
             pre.append(name)
     return Plan(parts=parts, names=tuple(names), pre=tuple(pre),
-                layers={i: tuple(v) for i, v in sorted(per_layer.items())}, post=tuple(post), num_layers=len(layers))
+                layers={i: tuple(v) for i, v in sorted(per_layer.items())}, post=tuple(post), num_layers=len(layers),
+                image_inputs=architecture_of(model).image_inputs)
+
+
+def warn_dense_experts(model: nn.Module, parts: Parts) -> None:
+    """Fused MoE experts of a family without a layout cannot be selected: say so, they are not small."""
+    left = dense_fused_weights(model, parts.layers)
+    if left:
+        log.warning("fused MoE experts of %s (%s weights) stay dense: formats/experts.py has no layout for them",
+                    ", ".join(left), f"{sum(left.values()):,}")
 
 
 def check_targets(model: nn.Module, names: list[str], method: Method) -> None:

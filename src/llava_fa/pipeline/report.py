@@ -40,6 +40,13 @@ class LayerReport:
     # Stored bits per part (codes, scales, masks...) where the format itemizes them, so bpw can be
     # reported under the conventions of other papers too (e.g. sign codes only for binarization).
     bits: dict[str, int] | None = None
+    # MoE expert linears only (None / False for other layers): the experts module the layer is one
+    # expert projection of, the calibration tokens routed to it (None: no statistics collected), and
+    # whether it was routed too few and took the statistics pooled over its module's experts
+    # (calibration/experts.py).
+    experts: str | None = None
+    routed_tokens: int | None = None
+    pooled_stats: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +69,20 @@ def summarize(rows: list[LayerReport]) -> dict[str, Any]:
     return {"layers": len(rows), "weights": weights, "storage_bits": bits, "bpw": bits / weights if weights else 0.0,
             "mean_rel_error": sum(r.rel_error for r in rows) / max(len(rows), 1),
             "mean_act_error": sum(acts) / len(acts) if acts else None,
-            "seconds": sum(r.seconds for r in rows), "bits_by_part": bits_by_part(rows)}
+            "seconds": sum(r.seconds for r in rows), "bits_by_part": bits_by_part(rows),
+            "experts": experts_summary(rows)}
+
+
+def experts_summary(rows: list[LayerReport]) -> dict[str, Any] | None:
+    """The MoE expert linears among the rows (their weights are in the totals above); None if none."""
+    experts = [r for r in rows if r.experts is not None]
+    if not experts:
+        return None
+    weights = sum(r.in_features * r.out_features for r in experts)
+    return {"modules": len({r.experts for r in experts}), "layers": len(experts), "weights": weights,
+            "bpw": sum(r.storage_bits for r in experts) / weights,
+            "pooled_stats": sum(r.pooled_stats for r in experts),
+            "without_tokens": sum(r.routed_tokens == 0 for r in experts)}
 
 
 def bits_by_part(rows: list[LayerReport]) -> dict[str, int] | None:

@@ -3,9 +3,11 @@
 Order of work (a "block" is one unit of progress and one shard in the work dir, see planning.py):
 1. `pre`: targets outside the decoder layers that run before them (vision tower, projector),
    calibrated on one pass of the original model;
-2. the decoder layers, one at a time: the inputs of layer i are captured after layers < i are
-   compressed; statistics of its targeted linears are collected, they are compressed, and the
-   compressed layer's outputs become the next inputs. Only the current layer sits on `device`;
+2. the decoder layers, one at a time: the inputs of layer i are its own arguments of a plain
+   forward (masks, position embeddings, cross-attention states: capture.py) with the hidden states
+   of layers < i after their compression; statistics of its targeted linears are collected, they
+   are compressed, and the compressed layer's outputs become the next inputs. Only the current
+   layer sits on `device`;
 3. `post`: the LM head, calibrated on the final (normed) hidden states.
 Each block's activation errors are measured in the pass that follows its compression (see
 report.py); the block is then saved. A block whose shard exists in the work dir is loaded instead
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,11 +27,14 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from llava_fa.calibration.architectures import architecture_of
+from llava_fa.calibration.experts import BlockExperts
 from llava_fa.calibration.stats import LayerStats, StatsCollector
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.formats import CompressedLinear
 from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
+from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
 from llava_fa.pipeline.devices import device_of, move_except, on_device, to_device
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
@@ -37,10 +42,6 @@ from llava_fa.pipeline.workdir import WorkDir
 
 # A block's statistics come from one pass that `feed`s calibration inputs to the block's modules.
 Feed = Callable[[StatsCollector], None]
-
-
-class _StopAtFirstLayer(Exception):
-    """Raised by the hook on the first decoder layer once its inputs are captured."""
 
 
 @dataclass
@@ -119,11 +120,10 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
                          dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
                          work=WorkDir(work_dir, fingerprint), on_block=on_block, on_row=on_row)
     inputs = compress_pre(run)
-    hidden = [args[0] if args else kw.pop("hidden_states") for args, kw in inputs]
-    rest = [(args[1:], kw) for args, kw in inputs]
     for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
-        compress_layer(run, i, hidden, rest)
-    compress_post(run, hidden)
+        compress_layer(run, i, inputs.hidden, inputs.calls[i])
+        inputs.calls[i] = []  # layer i is done: what only it received can go
+    compress_post(run, inputs.hidden)
     return run.rows
 
 
@@ -144,12 +144,14 @@ def image_token_id(model: nn.Module) -> int | None:
 
 
 def image_masks(model: nn.Module, samples: list[dict]) -> list[torch.Tensor | None]:
-    img_id = image_token_id(model)
+    """Per sample, True where the decoder's sequence holds image features (None: all text)."""
+    img_id = image_token_id(model) if architecture_of(model).image_features_in_sequence else None
     return [(s["input_ids"] == img_id) if (img_id is not None and "input_ids" in s) else None for s in samples]
 
 
 def modules_left_home(model: nn.Module, plan: Plan) -> list[nn.Module]:
-    """The catch pass stops at layer 0: the layers and an untied LM head need not visit the device."""
+    """The catch pass runs no decoder layer (capture.py): the layers and an untied LM head need not
+    visit the device."""
     stay: list[nn.Module] = [model.get_submodule(plan.parts.layers)]
     if plan.parts.lm_head and hasattr(model, "get_input_embeddings"):
         head, emb = model.get_submodule(plan.parts.lm_head), model.get_input_embeddings()
@@ -160,13 +162,13 @@ def modules_left_home(model: nn.Module, plan: Plan) -> list[nn.Module]:
 
 # --- the three stages ----------------------------------------------------------------------------
 
-def compress_pre(run: CompressionRun) -> list[tuple]:
-    """Compress the vision tower / projector; return the first decoder layer's inputs per sample
+def compress_pre(run: CompressionRun) -> DecoderInputs:
+    """Compress the vision tower / projector; return what the decoder layers receive per sample
     (captured by the pass that also measures the `pre` block)."""
     block = None
     if run.plan.pre:
         block = open_block(run, "pre", "pre", run.plan.pre, partial(capture_decoder_inputs, run))
-    inputs: list[tuple] = []
+    inputs = DecoderInputs.empty(run.plan.num_layers)
     needs_inputs = run.plan.last_layer(calibrated=True) >= 0
     if run.samples and (needs_inputs or (block is not None and block.meter is not None)):
         with measuring(block):
@@ -176,16 +178,17 @@ def compress_pre(run: CompressionRun) -> list[tuple]:
     return inputs
 
 
-def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor], rest: list[tuple]) -> None:
+def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
+                   calls: list[LayerCall | None]) -> None:
     """Compress the targets of decoder layer `index` (if any); its outputs replace `hidden`."""
     layer = run.layers[index].to(run.device)
     names = run.plan.layers.get(index, ())
     block = None
     if names:
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
-                           partial(feed_layer, run, layer, hidden, rest))
+                           partial(feed_layer, run, layer, hidden, calls))
     with measuring(block):
-        propagate(layer, hidden, rest)
+        propagate(layer, hidden, calls)
     layer.to(run.home)
     if block is not None:
         close_block(run, block)
@@ -219,20 +222,25 @@ def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ..
         for name, module in modules.items():
             set_module(run.model, name, module.to(device_of(run.model.get_submodule(name))))
         return OpenBlock(block, label, modules, rows, meter=None, loaded=True)
-    stats = collect_block_stats(run, names, feed) if run.method.needs and run.samples else {}
+    experts = BlockExperts(run.model, names)  # MoE expert linears among the targets (none: no effect)
+    stats = collect_block_stats(run, names, feed, experts) if run.method.needs and run.samples else {}
+    experts.pool_starved(stats)  # experts routed too few tokens take their module's pooled statistics
     meter = ActivationErrorMeter() if run.samples else None
     modules, rows = {}, []
     for name in names:
         modules[name], row = compress_linear(run, block, name, stats.pop(name, None), meter)
-        rows.append(row)  # stats.pop above frees X^T X as soon as it is used
+        rows.append(replace(row, **experts.row_fields(name)))  # stats.pop above frees X^T X once used
     return OpenBlock(block, label, modules, rows, meter)
 
 
-def collect_block_stats(run: CompressionRun, names: tuple[str, ...], feed: Feed) -> dict[str, LayerStats]:
-    """The statistics `method.needs` of the block's modules, over one pass of the calibration inputs."""
+def collect_block_stats(run: CompressionRun, names: tuple[str, ...], feed: Feed,
+                        experts: BlockExperts | None = None) -> dict[str, LayerStats]:
+    """The statistics `method.needs` of the block's modules, over one pass of the calibration inputs
+    (`experts` observes the routing of the block's MoE experts meanwhile)."""
     modules = {n: run.model.get_submodule(n) for n in names}
-    modality = {n: "image" for n in names if n.startswith(run.plan.image_only_prefixes)}
-    with StatsCollector(modules, run.method.needs, modality) as collector:
+    modality = {n: "image" for n in names if run.plan.image_only(n)}
+    experts = experts or BlockExperts(run.model, ())
+    with StatsCollector(modules, run.method.needs, modality) as collector, experts.observing(collector):
         feed(collector)
     return collector.stats
 
@@ -281,43 +289,37 @@ def close_block(run: CompressionRun, block: OpenBlock) -> None:
 
 # --- passes over the calibration inputs ----------------------------------------------------------
 
-def capture_decoder_inputs(run: CompressionRun, collector: StatsCollector | None = None) -> list[tuple]:
-    """One pass of the model up to its first decoder layer: that layer's (args, kwargs) per sample."""
-    captured: list[tuple] = []
-    handle = run.layers[0].register_forward_pre_hook(partial(_capture_and_stop, captured), with_kwargs=True)
+def capture_decoder_inputs(run: CompressionRun, collector: StatsCollector | None = None) -> DecoderInputs:
+    """One pass of the model, its decoder layers stubbed (capture.py): what each layer receives, per sample."""
+    head = run.model.get_submodule(run.plan.parts.lm_head) if run.plan.parts.lm_head else None
+    recorder = LayerRecorder(run.layers, stop_after=max(run.plan.last_layer(calibrated=True), 0),
+                             stop_at=(head,) if head is not None else ())
     move_except(run.model, run.stay_home, run.device)
     try:
-        for sample, mask in zip(run.samples, run.image_masks):
-            if collector is not None:
-                collector.new_sample(on_device(mask, run.device))
-            try:
-                run.model(**to_device(sample, run.device, run.dtype), use_cache=False)
-            except _StopAtFirstLayer:
-                continue
-            raise RuntimeError(f"{type(run.model).__name__} never called its first decoder layer")
+        with recorder:
+            for sample, mask in zip(run.samples, run.image_masks):
+                if collector is not None:
+                    collector.new_sample(on_device(mask, run.device))
+                recorder.run(run.model, dict(to_device(sample, run.device, run.dtype), use_cache=False))
     finally:
-        handle.remove()
         move_except(run.model, run.stay_home, run.home)
-    return captured
+    return recorder.inputs
 
 
-def _capture_and_stop(captured: list[tuple], module: nn.Module, args: tuple, kwargs: dict) -> None:
-    captured.append((args, kwargs))
-    raise _StopAtFirstLayer
-
-
-def feed_layer(run: CompressionRun, layer: nn.Module, hidden: list[torch.Tensor], rest: list[tuple],
+def feed_layer(run: CompressionRun, layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None],
                collector: StatsCollector) -> None:
-    for h, (args, kwargs), mask in zip(hidden, rest, run.image_masks):
-        collector.new_sample(on_device(mask, run.device))
-        layer(h, *args, **kwargs)
+    for h, call, mask in zip(hidden, calls, run.image_masks):
+        if call is not None:  # None: a plain forward skips this layer for this sample
+            collector.new_sample(on_device(mask, run.device))
+            layer(h, *call[0], **call[1])
 
 
-def propagate(layer: nn.Module, hidden: list[torch.Tensor], rest: list[tuple]) -> None:
-    """Replace each sample's hidden states by the layer's outputs."""
-    for j, (h, (args, kwargs)) in enumerate(zip(hidden, rest)):
-        out = layer(h, *args, **kwargs)
-        hidden[j] = out[0] if isinstance(out, (tuple, list)) else out
+def propagate(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None]) -> None:
+    """Replace each sample's hidden states by the layer's outputs (kept where the layer is skipped)."""
+    for j, (h, call) in enumerate(zip(hidden, calls)):
+        if call is not None:
+            out = layer(h, *call[0], **call[1])
+            hidden[j] = out[0] if isinstance(out, (tuple, list)) else out
 
 
 def feed_head(run: CompressionRun, norm: nn.Module, name: str, hidden: list[torch.Tensor],
