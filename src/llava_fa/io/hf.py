@@ -76,14 +76,27 @@ class LlavaFAConfig(QuantizationConfigMixin):
         return d
 
 
+def _lift_guard(parent, hook: str, config):
+    if getattr(config, LOAD_GUARD_KEY, None) == LOAD_GUARD:
+        delattr(config, LOAD_GUARD_KEY)
+    base = getattr(parent, hook, None)
+    return base(config) if base is not None else config
+
+
 class LlavaFAHfQuantizer(HfQuantizer):
     requires_calibration = True  # loads compressed checkpoints; compressing is `llava-fa compress`
 
+    # get_hf_quantizer hands the config to the quantizer before the weight files are resolved, through
+    # a hook whose name changed across transformers 5.x (update_tp_plan and update_ep_plan up to 5.17,
+    # update_attn_implementation in 5.24): each of them lifts the load guard, then does its usual work.
     def update_attn_implementation(self, config):
-        # Called by get_hf_quantizer before the weight files are resolved: lift the load guard.
-        if getattr(config, LOAD_GUARD_KEY, None) == LOAD_GUARD:
-            delattr(config, LOAD_GUARD_KEY)
-        return super().update_attn_implementation(config)
+        return _lift_guard(super(), "update_attn_implementation", config)
+
+    def update_tp_plan(self, config):
+        return _lift_guard(super(), "update_tp_plan", config)
+
+    def update_ep_plan(self, config):
+        return _lift_guard(super(), "update_ep_plan", config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if checkpoint_files:
