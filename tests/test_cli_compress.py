@@ -262,3 +262,46 @@ def test_testbed_rtn_8bit_answers_like_the_original(run, testbed_dir, tmp_path):
         assert code == 0, err
         answers.append(easyvqa.normalize_answer(answer))
     assert answers[0] == answers[1] == ex.answer
+
+
+def _results_rows() -> dict[str, list[str]]:
+    """The run rows of docs/RESULTS.md's tables: name -> cells (flags, bpw, PPL, easy-VQA, KL, ...)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "RESULTS.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) >= 6 and cells[1].startswith("`-m "):
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def test_presets_are_the_measured_runs():
+    """Every preset is a run of examples/bench_testbed.yaml with the same method and options, and its
+    bpw, perplexity, accuracy and KL are those docs/RESULTS.md reports for that run."""
+    from pathlib import Path
+
+    import yaml
+
+    from llava_fa.methods.base import build_config
+    from llava_fa.methods.presets import PRESETS
+
+    runs = {r["name"]: r for r in yaml.safe_load((Path(__file__).parents[1] / "examples" /
+                                                  "bench_testbed.yaml").read_text())}
+    rows = _results_rows()
+    for method, presets in PRESETS.items():
+        for p in presets:
+            assert runs[p.run]["method"] == method and runs[p.run].get("options", {}) == dict(p.options), p.run
+            build_config(method, dict(p.options))
+            _, bpw, ppl, vqa, kl = rows[p.run][:5]
+            assert (float(bpw), float(ppl.replace(",", "")), float(vqa.rstrip("%")), float(kl)) == pytest.approx(
+                (p.bpw, p.ppl, 100 * p.vqa, p.kl)), p.run
+
+
+def test_help_method_prints_the_presets(run):
+    code, out, _ = run("compress", "--help-method", "fa")
+    assert code == 0 and "recommended options by budget" in out
+    assert "-O structure=quant -O mag_bits=3 -O phase_bits=5 -O odc=calibrated" in out and "[fa4q_odccal]" in out
+    code, out, _ = run("compress", "--help-method", "sab")
+    assert code == 0 and "~1.1 sign" in out and "[sab_q75]" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -90,9 +91,9 @@ def compress(
                                    help="Replace --out if it exists and llava-fa wrote it (never another folder)."),
     report_json: Optional[Path] = typer.Option(None, "--report", help="Also write the per-layer report here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the full per-layer table, not the summary."),
 ) -> None:
     """Compress the language decoder's linear layers (and optionally vision tower / projector)."""
-    from llava_fa.io.files import write_json_atomic
     from llava_fa.runtime import quiet_transformers
 
     rec = build_recipe(recipe, method, dict(bits=bits, group_size=group_size, sym=sym, damp=damp,
@@ -104,13 +105,25 @@ def compress(
     err.print(f"compressing {model} with {rec.method} on {dev}")
     report = run_with_progress(err, model, rec, out, device=str(dev), dtype=dtype, work_dir=work_dir,
                                restart=restart, overwrite=overwrite)
+    write_reports(err, report, out, report_json, verbose)
+
+
+def write_reports(err: Console, report: dict, out: Path, report_json: Optional[Path], verbose: bool) -> None:
+    """The report as --report JSON and a PNG beside the checkpoint; on the terminal, its summary (or,
+    `verbose`, every layer) and where the files are."""
+    from llava_fa.io.files import write_json_atomic
+    from llava_fa.pipeline.report import REPORT_PLOT, write_report_plot
+
     if report_json is not None:
         write_json_atomic(report_json, report)
-    if not quiet:
-        Console().print(report_table(report))
+    with reported_as_user_errors():
+        write_report_plot(report, out / REPORT_PLOT)
+    if not err.quiet:
+        Console().print(report_table(report) if verbose else summary_table(report))
     s = report["summary"]
     err.print(f"wrote {out}: {s['layers']} layers, {s['bpw']:.4f} bits per weight, "
-              f"{report['wall_seconds']:.1f} s")
+              f"{report['wall_seconds']:.1f} s; per-layer report: {out / 'compress_report.json'} and "
+              f"{out / REPORT_PLOT}")
 
 
 def check_compress_inputs(model: str, rec: Recipe, out: Path, device: str, dtype: str, overwrite: bool,
@@ -134,21 +147,28 @@ def run_with_progress(err: Console, model: str, rec: Recipe, out: Path, **pipeli
     """`compress_checkpoint` under a progress bar on `err`, its warnings printed there too."""
     from llava_fa.pipeline import compress_checkpoint
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=err.quiet)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                        disable=err.quiet)
     warning_printer = _RichWarnings(err)
     logging.getLogger("llava_fa").addHandler(warning_printer)
     try:
         with progress:
-            task = progress.add_task("starting", total=None)
+            task = progress.add_task("loading and calibrating", total=None)
+
+            def on_info(message: str) -> None:
+                err.print(message)
+                selected = _SELECTED.match(message)  # the pipeline's "N linear layers selected" line
+                if selected:
+                    progress.update(task, total=int(selected.group(1)))
 
             def on_block(done: int, total: int, label: str) -> None:
-                progress.update(task, completed=done, total=total, description=label)
+                progress.update(task, description=f"{label} done (block {done}/{total})")
 
             try:
                 with reported_as_user_errors():
-                    return compress_checkpoint(model, rec, out, on_info=err.print, on_block=on_block,
-                                               **pipeline_options)
+                    return compress_checkpoint(model, rec, out, on_info=on_info, on_block=on_block,
+                                               on_row=lambda row: progress.advance(task), **pipeline_options)
             except KeyboardInterrupt:
                 progress.stop()
                 err.print("interrupted: finished layers are kept in the work dir; run the same command again to "
@@ -189,9 +209,29 @@ def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, p
     return rec
 
 
-def report_table(report: dict) -> Table:
+_SELECTED = re.compile(r"(\d+) linear layers selected")
+WORST_LAYERS = 5  # rows of the terminal summary
+
+
+def summary_table(report: dict) -> Table:
+    """The totals and the layers with the largest error (activation error, else weight error)."""
+    rows = report["layers"]
+
+    def error(r: dict) -> float:
+        return r["act_error"] if r["act_error"] is not None else r["rel_error"]
+
+    worst = sorted(rows, key=error, reverse=True)[:WORST_LAYERS]
+    short = {**report, "layers": worst}
+    table = report_table(short, prefix=_common_prefix([r["name"] for r in rows]))
+    table.title = f"{report['method']}: the {len(worst)} layers with the largest error, of {len(rows)}"
+    table.caption = (f"{table.caption + '; ' if table.caption else ''}all {len(rows)} layers: --verbose, "
+                     f"compress_report.json / .png beside the checkpoint")
+    return table
+
+
+def report_table(report: dict, prefix: str | None = None) -> Table:
     names = [r["name"] for r in report["layers"]]
-    prefix = _common_prefix(names)
+    prefix = _common_prefix(names) if prefix is None else prefix
     table = Table(title=f"{report['method']} {report['method_config']}",
                   caption=f"layer names after {prefix!r}" if prefix else None)
     for col, justify in (("layer", "left"), ("shape", "right"), ("method", "left"), ("bpw", "right"),

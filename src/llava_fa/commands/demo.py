@@ -67,7 +67,7 @@ def demo(
     from llava_fa.evaluation.runner import evaluate
     from llava_fa.io.files import write_json_atomic
     from llava_fa.methods import build_config
-    from llava_fa.pipeline import compress_checkpoint
+    from llava_fa.commands.compress import run_with_progress
     from llava_fa.recipe import Recipe
     from llava_fa.runtime import resolve_device
 
@@ -89,11 +89,9 @@ def demo(
         err.print(f"reusing the compressed model in {out}")
     else:
         err.print(f"compressing {testbed} with {method} {options} on {dev} ...")
-        with reported_as_user_errors():
-            report = compress_checkpoint(testbed, Recipe(method=method, options=options), out, device=str(dev),
-                                         overwrite=True, on_info=err.print,
-                                         on_block=lambda d, t, label: err.print(f"  [{d}/{t}] {label}"))
-    common = dict(limit=limit, ppl_windows=ppl_windows, device=dev, fidelity_prompts=16)
+        report = run_with_progress(err, testbed, Recipe(method=method, options=options), out, device=str(dev),
+                                   overwrite=True)  # the bar of `llava-fa compress`, counted in layers
+    common = dict(limit=limit, ppl_windows=ppl_windows, device=dev, fidelity_prompts=16, announce=err.print)
     err.print("evaluating the uncompressed testbed ...")
     base = evaluate(testbed, **common)
     err.print(f"evaluating the {method} model ...")

@@ -25,13 +25,16 @@ def eval_command(
     model_dir: Path = typer.Argument(..., help="Model folder (Hugging Face save_pretrained layout)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference model folder for KL / top-1 fidelity."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N easy-VQA test questions.",
-                                        show_default="all"),
+                                        show_default="a few hundred on CPU, all on a GPU or with --full"),
+    full: bool = typer.Option(False, "--full", help="The whole easy-VQA test split and all of WikiText-2, also "
+                                                    "on CPU (hours there)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result to this JSON file."),
     vqa_mode: str = typer.Option("fast", "--vqa-mode", help="fast (rank the 13 answers in one forward), generate, or both."),
     text: Optional[str] = typer.Option(None, "--text", help="Perplexity text file, or 'datasets'.",
                                        show_default="$LLAVA_FA_DATA/wikitext-2-raw/wiki.test.raw"),
     seqlen: int = typer.Option(2048, "--seqlen", min=2, help="Perplexity window length in tokens."),
-    ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0, show_default="all",
+    ppl_windows: Optional[int] = typer.Option(None, "--ppl-windows", min=0,
+                                              show_default="a few on CPU, all on a GPU or with --full",
                                               help="At most N perplexity windows (0 skips perplexity)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (or cuda:N)."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
@@ -43,12 +46,23 @@ def eval_command(
     """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference."""
     check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows,
                       vqa_root)
-    from llava_fa.evaluation.runner import evaluate, print_result  # heavy imports: only when run
+    from rich.console import Console
 
+    from llava_fa.evaluation.runner import evaluate, print_result  # heavy imports: only when run
+    from llava_fa.evaluation.sizing import eval_sizes
+    from llava_fa.runtime import resolve_device
+
+    err = Console(stderr=True, soft_wrap=True)
+    dev = resolve_device(device)
+    sizes = eval_sizes(dev, full, limit, ppl_windows)
+    if sizes.bounded:
+        err.print(f"on CPU the default is a bounded run ({sizes.ppl_windows} perplexity windows, {sizes.limit} "
+                  f"easy-VQA questions); --full for the whole splits, --limit / --ppl-windows for other sizes")
     with reported_as_user_errors():
-        result = evaluate(model_dir, reference=reference, limit=limit, vqa_mode=vqa_mode, text_source=text,
-                          seqlen=seqlen, ppl_windows=ppl_windows, device=device, dtype=dtype,
-                          vqa_root=vqa_root, batch_size=batch_size, forward_mode=forward_mode)
+        result = evaluate(model_dir, reference=reference, limit=sizes.limit, vqa_mode=vqa_mode, text_source=text,
+                          seqlen=seqlen, ppl_windows=sizes.ppl_windows, device=dev, dtype=dtype,
+                          vqa_root=vqa_root, batch_size=batch_size, fidelity_prompts=sizes.fidelity_prompts,
+                          forward_mode=forward_mode, announce=err.print)
     print_result(result)
     if json_path is not None:
         from llava_fa.io.files import write_json_atomic

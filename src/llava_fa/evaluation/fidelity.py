@@ -6,10 +6,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from llava_fa.calibration.data import conversation_text
 from llava_fa.evaluation._common import chunks, image_batch, model_device, on_model, padded_positions, text_batch
+from llava_fa.evaluation.progress import tracked
 from llava_fa.testbed.easyvqa import VQAExample, user_text
 
 TEXT_PROMPT_TOKENS = 128  # text prompts are truncated to this many tokens
@@ -60,7 +59,8 @@ def fidelity(model, reference, processor, examples: Sequence[VQAExample] | Seque
     is_text = bool(examples) and isinstance(examples[0], str)
     image_token_id = None if is_text else getattr(processor, "image_token_id", None)
     kl_sum, agree, n_tokens = 0.0, 0, 0
-    for group in tqdm(list(chunks(examples, batch_size)), desc="fidelity", unit="batch", disable=not progress):
+    groups = list(chunks(examples, batch_size))
+    for group in tracked(groups, len(groups), "fidelity", "batches", progress):
         batch = _inputs(model, processor, group, is_text)
         ref_batch = on_model(reference, batch)
         logp = F.log_softmax(_logits(model, batch), -1)

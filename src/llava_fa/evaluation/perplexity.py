@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from llava_fa.evaluation._common import model_device, tokenizer_of
+from llava_fa.evaluation.progress import tracked
 from llava_fa.paths import data_dir
 
 DATASETS_SOURCE = "datasets"
@@ -96,7 +95,7 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int
     ids = tokenize_text(tokenizer, text)
     windows = windows_of(ids, seqlen, max_windows)
     total = torch.zeros((), dtype=torch.float64)
-    for window in tqdm(windows, desc="perplexity", unit="window", disable=not progress):
+    for window in tracked(windows, len(windows), "perplexity", "windows", progress):
         total += window_nll(model, window).double().cpu()
     predicted = len(windows) * (seqlen - 1)
     return {"ppl": math.exp(total.item() / predicted), "seqlen": seqlen, "windows": len(windows),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -45,7 +46,8 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
              vqa_mode: str = "fast", text_source: str | Path | None = None, seqlen: int = 2048,
              ppl_windows: int | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
              vqa_root: Path | None = None, batch_size: int = 16, fidelity_prompts: int = 64,
-             progress: bool = True, forward_mode: str | None = None) -> dict:
+             progress: bool = True, forward_mode: str | None = None,
+             announce: Callable[[str], None] | None = None) -> dict:
     """Size, WikiText-2 perplexity, easy-VQA accuracy and (with a reference) fidelity of a model.
 
     limit: first N easy-VQA test questions; ppl_windows: at most N perplexity windows (0 skips
@@ -54,6 +56,8 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     WikiText paragraphs. forward_mode: how the evaluated model's compressed layers run (see
     `layers.set_forward_mode`; default: their own, "cached"); the reference is never changed.
     device and dtype: see `llava_fa.runtime` ("auto" dtype: float32 on CPU, the stored one on CUDA).
+    announce: given, it receives one line before the metrics run: what will be measured (windows,
+    questions, prompts) and an estimate of the time from one timed forward.
     """
     if vqa_mode not in VQA_MODES:
         raise ValueError(f"unknown VQA mode {vqa_mode!r}; use one of {VQA_MODES}")
@@ -72,20 +76,24 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     sec = result["seconds"]
     result["size"] = _timed(sec, "size", model_size, model_dir, model)
     text = load_text(text_source) if ppl_windows != 0 or (ref is not None and not image_fidelity) else None
+    modes = (MODES if vqa_mode == "both" else (vqa_mode,)) if multimodal else ()
+    n_fidelity = (min(fidelity_prompts, limit) if limit is not None else fidelity_prompts) if ref is not None else 0
+    if announce is not None:
+        from llava_fa.evaluation.sizing import plan_evaluation
+        announce(plan_evaluation(model, processor, text, seqlen, ppl_windows, limit, modes, vqa_root, n_fidelity,
+                                 ref is not None).describe(dev))
     if ppl_windows == 0:
         result["notes"].append("perplexity skipped (ppl_windows=0)")
     else:
         result["perplexity"] = _timed(sec, "perplexity", perplexity, model, processor, text, seqlen,
                                       ppl_windows, progress)
     if multimodal:
-        modes = MODES if vqa_mode == "both" else (vqa_mode,)
         result["vqa"] = {m: _timed(sec, f"vqa_{m}", vqa_accuracy, model, processor, m, limit, vqa_root,
                                    batch_size, progress=progress) for m in modes}
     else:
         result["notes"].append(TEXT_ONLY_NOTE)
     if ref is not None:
-        n = min(fidelity_prompts, limit) if limit is not None else fidelity_prompts
-        examples = vqa_questions(n, vqa_root) if image_fidelity else text_prompts(text, n)
+        examples = vqa_questions(n_fidelity, vqa_root) if image_fidelity else text_prompts(text, n_fidelity)
         result["fidelity"] = _timed(sec, "fidelity", fidelity, model, ref[0], processor, examples,
                                     max(1, batch_size // 2), progress)
         result["fidelity"]["prompts"] = "easy-VQA" if image_fidelity else "WikiText"

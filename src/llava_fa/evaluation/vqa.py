@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
-
 from llava_fa.calibration.data import conversation_text
 from llava_fa.evaluation._common import chunks, image_batch, model_device, padded_positions, tokenizer_of
+from llava_fa.evaluation.progress import progress_counter
 from llava_fa.testbed.easyvqa import VQAExample, load_answers, load_split, normalize_answer, user_text
 
 MODES = ("fast", "generate")
@@ -59,12 +58,11 @@ def vqa_prompt(processor, ex: VQAExample) -> str:
 
 def _batches(model, processor, examples, batch_size: int, desc: str, progress: bool):
     """Left-padded image+question batches."""
-    bar = tqdm(total=len(examples), desc=desc, unit="q", disable=not progress)
-    for group in chunks(examples, batch_size):
-        texts = [vqa_prompt(processor, ex) for ex in group]
-        yield group, image_batch(model, processor, [ex.image_path for ex in group], texts)
-        bar.update(len(group))
-    bar.close()
+    with progress_counter(len(examples), desc, "questions", progress) as advance:
+        for group in chunks(examples, batch_size):
+            texts = [vqa_prompt(processor, ex) for ex in group]
+            yield group, image_batch(model, processor, [ex.image_path for ex in group], texts)
+            advance(len(group))
 
 
 @torch.no_grad()

@@ -110,6 +110,10 @@ def describe_method(name: str) -> str:
         kind = _type_name(hints[f.name])
         help_text = f.metadata.get("help", "")
         lines.append(f"  {f.name:<24} {kind:<28} default {f.default!r:<10} {help_text}".rstrip())
+    from llava_fa.methods.presets import describe_presets  # lazy: the table is only read for help
+
+    if presets := describe_presets(name):
+        lines.append(presets)
     return "\n".join(lines)
 
 

@@ -164,3 +164,48 @@ class ActivationErrorMeter:
                 out[name] = math.sqrt((t.error_sq.clamp_min(0) / t.signal_sq.clamp_min(1e-30)).item())
         self._tracked.clear()
         return out
+
+
+# --- the report as a figure ----------------------------------------------------------------------
+
+REPORT_PLOT = "compress_report.png"  # written beside compress_report.json by `llava-fa compress`
+
+
+def render_report_plot(report: dict[str, Any]) -> bytes:
+    """PNG of a report's layers in compression order: bits per weight above, errors below.
+
+    Drawn with matplotlib's Agg canvas on a Figure (no pyplot): no display and no global state."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = report["layers"]
+    x = list(range(len(rows)))
+    fig = Figure(figsize=(max(8.0, min(24.0, 0.06 * len(rows) + 6)), 6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.bar(x, [r["bpw"] for r in rows], width=1.0, color="tab:blue")
+    top.axhline(report["summary"]["bpw"], color="black", lw=0.8, ls="--", label=f"mean {report['summary']['bpw']:.3f}")
+    top.set_ylabel("bits per weight")
+    top.legend(loc="upper right")
+    top.set_title(f"{report['method']}: {len(rows)} layers, {report['summary']['bpw']:.3f} bpw")
+    bottom.plot(x, [r["rel_error"] for r in rows], ".-", lw=0.6, ms=3, label="weight rel. error")
+    acts = [(i, r["act_error"]) for i, r in enumerate(rows) if r["act_error"] is not None]
+    if acts:
+        bottom.plot(*zip(*acts), ".-", lw=0.6, ms=3, label="activation rel. error")
+    bottom.set_ylabel("relative error")
+    bottom.set_xlabel("layer (compression order)")
+    bottom.legend(loc="upper right")
+    step = max(1, len(rows) // 30)  # at most ~30 names under the axis stay legible
+    bottom.set_xticks(x[::step], [r["name"].split("layers.")[-1] for r in rows[::step]], rotation=90, fontsize=6)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report_plot(report: dict[str, Any], path) -> None:
+    """The report's figure, written atomically to `path`."""
+    from llava_fa.io.files import atomic_write_bytes
+
+    atomic_write_bytes(path, render_report_plot(report))

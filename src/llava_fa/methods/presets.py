@@ -1,0 +1,89 @@
+"""Recommended options by bit budget, as measured on the testbed (docs/RESULTS.md).
+
+Each preset is one run of examples/bench_testbed.yaml (its name cited), with the bits per weight it
+stored (every bit of the decoder linears) and what it scored on an H100 over the full easy-VQA test
+split and all of WikiText-2. The uncompressed testbed: perplexity 21.31, easy-VQA 87.77%. A
+preset is what was measured, not a promise: a collapsed row says the budget is too small for the method
+on this 135M decoder. The binarization family is listed at its ~1.1-bit budget (about 1.08 bits of
+sign codes, the papers' convention); with every stored bit counted it costs 2.8-3.2 bpw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    budget: str  # the bit budget it answers: "~4 bpw", or "~1.1 sign" (bits of sign codes, binarization)
+    options: tuple[tuple[str, object], ...]  # -O KEY=VALUE pairs (none: the method's defaults)
+    bpw: float  # measured, every stored bit counted
+    ppl: float  # WikiText-2 perplexity
+    vqa: float  # easy-VQA accuracy (fast mode), fraction
+    kl: float  # KL(uncompressed || compressed) per token
+    run: str  # its name in examples/bench_testbed.yaml
+
+    def flags(self) -> str:
+        return " ".join(f"-O {k}={v}" for k, v in self.options) or "(defaults)"
+
+    def result(self) -> str:
+        return f"PPL {self.ppl:,.2f}, easy-VQA {self.vqa:.2%}, KL {self.kl:.3f}"
+
+
+def _p(budget, options, bpw, ppl, vqa, kl, run) -> Preset:
+    return Preset(budget, tuple(options.items()), bpw, ppl, vqa, kl, run)
+
+
+_G64, _G32 = {"group_size": 64}, {"group_size": 32}
+PRESETS: dict[str, tuple[Preset, ...]] = {
+    "rtn": (_p("~4 bpw", {"bits": 4, **_G64}, 4.312, 28.13, .4261, 1.348, "rtn4"),
+            _p("~3 bpw", {"bits": 3, **_G64}, 3.297, 76.15, .3548, 2.955, "rtn3"),
+            _p("~2.5 bpw", {"bits": 2, **_G32}, 2.562, 27602.43, .2956, 10.176, "rtn25")),
+    "gptq": (_p("~4 bpw", {"bits": 4, **_G64}, 4.312, 26.00, .6744, 0.619, "gptq4"),
+             _p("~3 bpw", {"bits": 3, **_G64}, 3.297, 52.97, .4304, 1.843, "gptq3"),
+             _p("~2.5 bpw", {"bits": 2, **_G32}, 2.562, 7650.45, .1965, 7.086, "gptq25")),
+    "hqq": (_p("~4 bpw", {"bits": 4}, 4.312, 28.37, .4902, 1.388, "hqq4"),
+            _p("~3 bpw", {"bits": 3}, 3.297, 72.30, .3470, 2.848, "hqq3"),
+            _p("~2.5 bpw", {"bits": 2, **_G32}, 2.562, 21300.01, .1705, 9.768, "hqq25")),
+    "hadamard": (_p("~4 bpw", {"bits": 4}, 4.314, 23.40, .8737, 0.231, "hadamard4"),
+                 _p("~3 bpw", {"bits": 3}, 3.298, 34.46, .6975, 0.832, "hadamard3"),
+                 _p("~2.5 bpw", {"bits": 2, **_G32}, 2.564, 1462.86, .2169, 4.814, "hadamard25")),
+    "fa": (_p("~4 bpw", {"structure": "quant", "mag_bits": 3, "phase_bits": 5, "odc": "calibrated"},
+              4.160, 24.42, .7299, 0.607, "fa4q_odccal"),
+           _p("~3 bpw", {"bpw": 3.3, "odc": "calibrated"}, 3.284, 33.43, .3626, 2.102, "fa3j_odccal"),
+           _p("~2.5 bpw", {"structure": "quant", "mag_bits": 2, "phase_bits": 3, "odc": "calibrated"},
+              2.659, 109.08, .3533, 4.311, "fa25q_odccal")),
+    "lqer": (_p("~4 bpw", {"bits": 3, "rank": 32}, 4.067, 34.92, .3877, 1.508, "lqer3"),
+             _p("~3 bpw", {"bits": 2, "rank": 32}, 3.052, 1755.71, .0849, 8.101, "lqer2"),
+             _p("~2.5 bpw", {"bits": 2, "rank": 8}, 2.474, 19338.02, .1707, 10.337, "lqer2r8")),
+    "caldera": (_p("~4 bpw", {"q_bits": 3}, 4.090, 30.48, .8239, 0.605, "caldera_q3"),
+                _p("~3 bpw", {}, 3.075, 756.83, .3470, 3.988, "caldera"),
+                _p("~2.5 bpw", {"rank": 16}, 2.480, 8477.50, .1871, 6.914, "caldera16")),
+    "asvd": (_p("~4 bpw", {"bpw": 4}, 3.979, 93958042.65, .0587, 16.962, "asvd4"),
+             _p("~3 bpw", {"bpw": 3}, 2.984, 91577967.31, .0572, 19.828, "asvd3"),
+             _p("~2.5 bpw", {"bpw": 2.5}, 2.484, 16174894162.15, .0568, 26.041, "asvd25")),
+    "svd-llm": (_p("~4 bpw", {"bpw": 4}, 3.979, 3087.01, .3733, 3.912, "svdllm4"),
+                _p("~3 bpw", {"bpw": 3}, 2.984, 6689.28, .3725, 4.375, "svdllm3"),
+                _p("~2.5 bpw", {"bpw": 2.5}, 2.484, 14352.85, .3644, 5.120, "svdllm25")),
+    "pb-llm": (_p("~1.1 sign", {}, 3.071, 1044.98, .3645, 5.951, "pbllm"),),
+    "billm": (_p("~1.1 sign", {}, 3.167, 5603.96, .1622, 6.810, "billm"),),
+    "arb": (_p("~1.1 sign", {}, 3.167, 367.65, .3713, 3.290, "arb"),),
+    "arb-x": (_p("~1.1 sign", {}, 3.167, 199.16, .3347, 2.225, "arbx"),),
+    "arb-rc": (_p("~1.1 sign", {}, 2.783, 699.55, .2114, 3.166, "arbrc"),),
+    "sab": (_p("~1.1 sign", {"diff_quantile": 0.75}, 2.783, 530.35, .3129, 3.829, "sab_q75"),
+            _p("~1.1 sign", {}, 2.783, 2020.04, .3561, 7.378, "sab")),
+}
+
+
+def describe_presets(method: str) -> str:
+    """The presets of a method as lines for `--help-method`, or "" when none was measured."""
+    presets = PRESETS.get(method, ())
+    if not presets:
+        return ""
+    lines = ["recommended options by budget (measured on the testbed, H100, full splits; uncompressed: "
+             "PPL 21.31, easy-VQA 87.77%; run names from examples/bench_testbed.yaml, docs/RESULTS.md):"]
+    if presets[0].budget.endswith("sign"):
+        lines.append("  (~1.1 sign: about 1.08 bits of sign codes per weight; the bpw column counts every stored bit)")
+    for p in presets:
+        lines.append(f"  {p.budget:<10} {p.flags():<64} {p.bpw:.3f} bpw  {p.result()}  [{p.run}]")
+    return "\n".join(lines)
