@@ -17,3 +17,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    """Run the `llava-fa` command line in-process: run(*args) -> (exit code, stdout, stderr)."""
+    from llava_fa.commands.app import main
+
+    def run(*args):
+        monkeypatch.setattr("sys.argv", ["llava-fa", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

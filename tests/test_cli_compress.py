@@ -7,23 +7,7 @@ import torch
 from PIL import Image
 
 import compress_fixtures as F
-from llava_fa.commands.app import main
 from llava_fa.formats import AffineLinear
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    def run(*args):
-        monkeypatch.setattr("sys.argv", ["llava-fa", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture(scope="module")

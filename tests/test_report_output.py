@@ -7,26 +7,10 @@ import pytest
 from rich.console import Console
 
 import compress_fixtures as F
-from llava_fa.commands.app import main
 from llava_fa.commands.compress import WORST_LAYERS, report_table, summary_table
 from llava_fa.pipeline.report import REPORT_PLOT, render_report_plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    def run(*args):
-        monkeypatch.setattr("sys.argv", ["llava-fa", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -21,23 +21,12 @@ from pathlib import Path
 import pytest
 
 import compress_fixtures as F
-from llava_fa.commands.app import main
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "160")  # help pages: one layout whatever the terminal
-
-    def run(*args):
-        monkeypatch.setattr("sys.argv", ["llava-fa", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
+def run(run, monkeypatch):
+    """conftest's `run`, with help pages laid out the same whatever the terminal."""
+    monkeypatch.setenv("COLUMNS", "160")
     return run
 
 

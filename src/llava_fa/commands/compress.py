@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -156,19 +155,15 @@ def run_with_progress(err: Console, model: str, rec: Recipe, out: Path, **pipeli
         with progress:
             task = progress.add_task("loading and calibrating", total=None)
 
-            def on_info(message: str) -> None:
-                err.print(message)
-                selected = _SELECTED.match(message)  # the pipeline's "N linear layers selected" line
-                if selected:
-                    progress.update(task, total=int(selected.group(1)))
-
             def on_block(done: int, total: int, label: str) -> None:
                 progress.update(task, description=f"{label} done (block {done}/{total})")
 
             try:
                 with reported_as_user_errors():
-                    return compress_checkpoint(model, rec, out, on_info=on_info, on_block=on_block,
-                                               on_row=lambda row: progress.advance(task), **pipeline_options)
+                    return compress_checkpoint(model, rec, out, on_info=err.print, on_block=on_block,
+                                               on_row=lambda row: progress.advance(task),
+                                               on_layers=lambda n: progress.update(task, total=n),
+                                               **pipeline_options)
             except KeyboardInterrupt:
                 progress.stop()
                 err.print("interrupted: finished layers are kept in the work dir; run the same command again to "
@@ -209,7 +204,6 @@ def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, p
     return rec
 
 
-_SELECTED = re.compile(r"(\d+) linear layers selected")
 WORST_LAYERS = 5  # rows of the terminal summary
 
 

@@ -34,8 +34,12 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
                         work_dir: Path | None = None, restart: bool = False, overwrite: bool = False,
                         on_info: Callable[[str], None] | None = None,
                         on_block: Callable[[int, int, str], None] | None = None,
-                        on_row: Callable[[LayerReport], None] | None = None) -> dict[str, Any]:
-    """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report."""
+                        on_row: Callable[[LayerReport], None] | None = None,
+                        on_layers: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report.
+
+    Progress: `on_layers(n)` once the n selected layers are known, `on_row` after each layer,
+    `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way."""
     from llava_fa.io.checkpoint import check_model_folder, quantization_config, read_config, save_compressed
 
     info = on_info or _silent
@@ -50,6 +54,8 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     names, targets, ignore = plan(model, recipe, parts)
     blocks = make_plan(model, names, method, parts)
     describe_selection(model, names, parts, method, info)
+    if on_layers:
+        on_layers(len(names))
     samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=parts.vision is not None)
     info(f"calibration: {described}")
 
