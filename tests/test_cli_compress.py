@@ -115,7 +115,7 @@ BAD_COMPRESS = [
     (["--target", "model.language_model.embed_tokens"], "not a linear layer"),
     (["--target", "re:nothing\\.here"], "matches no linear layer"),
     (["--ignore", "lm_head_typo"], "matches no module"),
-    (["--group-size", "48"], "not divisible by the group size 48"),
+    (["--group-size", "0"], "positive or -1"),
     (["--calib", "missing.txt"], "neither one of"),
     (["--nsamples", "-1"], "--nsamples must be >= 0"),
     (["--dtype", "int4"], "--dtype must be"),

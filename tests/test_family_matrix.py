@@ -108,3 +108,35 @@ def test_sab_binarized_model_is_finite_and_reloads_as_compressed(tmp_path, famil
                                                                      ["Linear"], []))
     loaded = type(model).from_pretrained(out).eval()
     torch.testing.assert_close(logits(loaded, probe), compressed)
+
+
+VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3")
+# Group size 24 divides none of the tiny towers' widths (32, 64, 128): every vision and projector
+# linear keeps a shorter last group, as Qwen2.5-VL's 3420-wide MLP does at 128 (formats/affine.py).
+RAGGED = {"rtn": {"bits": 8, "group_size": 24}, "gptq": {"bits": 8, "group_size": 24, "act_order": True},
+          "hqq": {"bits": 8, "group_size": 24}, "fa": dict(METHODS["fa"], group_size=24)}
+
+
+@pytest.mark.parametrize("name", RAGGED)
+@pytest.mark.parametrize("family", VLMS)
+def test_vision_tower_and_projector_opt_in_with_widths_no_group_divides(tmp_path, family, name):
+    build, inputs = FAMILIES[family]
+    model = build()
+    parts = find_parts(model)
+    probe = inputs(5)
+    dense = logits(model, probe)
+    names = select(model, *default_patterns(parts, vision=True, projector=True))
+    outside = [n for n in names if not n.startswith(parts.layers + ".")]
+    assert any(n.startswith(parts.projector + ".") for n in outside)
+    assert any(n.startswith(parts.vision + ".") and not n.startswith(parts.projector + ".") for n in outside)
+    widths = {model.get_submodule(n).in_features for n in outside}
+    assert all(w % 24 for w in widths)
+    method = get_method(name)(build_config(name, RAGGED[name]))
+    rows = compress_model(model, method, names, [inputs(0), inputs(1)])
+    assert {r.name for r in rows} == set(names)
+    compressed = logits(model, probe)
+    assert ((compressed - dense).norm() / dense.norm()).item() < 0.03
+    out = save_compressed(model, tmp_path / "q", quantization_config(model, name, method.config.to_dict(),
+                                                                     ["Linear"], []))
+    loaded = type(model).from_pretrained(out).eval()
+    torch.testing.assert_close(logits(loaded, probe), compressed)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from llava_fa.formats import AffineLinear, CompressedLinear, get_format
-from llava_fa.quantizers import (AffineSpec, dequantize_grouped, fit, pack, packed_width, quantize_grouped,
+from llava_fa.quantizers import (AffineSpec, dequantize_grouped, fit, group_count, pack, packed_width, quantize_grouped,
                                  resolve_group_size, unpack)
 
 BITS = range(1, 9)
@@ -65,13 +65,32 @@ def test_affine_round_trip_error_bound(bits, sym):
         assert (w - finer).norm() <= (w - w_hat).norm() + 1e-6
 
 
-def test_group_size_must_divide_width():
+def test_group_size_resolution_and_shorter_last_group():
     assert resolve_group_size(-1, 576) == 576
     assert resolve_group_size(64, 576) == 64
-    with pytest.raises(ValueError, match="not divisible by the group size 128.*64"):
-        resolve_group_size(128, 576)
+    assert resolve_group_size(128, 576) == 128 and group_count(576, 128) == 5  # 4 groups of 128, one of 64
     with pytest.raises(ValueError, match="positive or -1"):
         resolve_group_size(0, 576)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_shorter_last_group_is_quantized_on_its_own(sym):
+    """Width 103 in groups of 32: the first 96 columns as if alone, the last 7 as their own group."""
+    w = torch.randn(6, 103, generator=torch.Generator().manual_seed(0))
+    codes, scale, zero = quantize_grouped(w, AffineSpec(3, 32, sym))
+    assert codes.shape == (6, 103) and scale.shape == (6, 4)
+    head = quantize_grouped(w[:, :96], AffineSpec(3, 32, sym))
+    tail = quantize_grouped(w[:, 96:], AffineSpec(3, 7, sym))
+    assert torch.equal(codes[:, :96], head[0]) and torch.equal(scale[:, :3], head[1])
+    assert torch.equal(codes[:, 96:], tail[0]) and torch.equal(scale[:, 3:], tail[1])
+    w_hat = dequantize_grouped(codes, scale, zero, 32)
+    assert torch.equal(w_hat[:, 96:], dequantize_grouped(*tail))
+    with pytest.raises(ValueError, match="pass the group size"):
+        dequantize_grouped(codes, scale, zero)
+    mod = AffineLinear.from_codes(codes, scale, zero, bits=3, sym=sym, group_size=32)
+    assert mod.scales.shape == (6, 4) and torch.equal(mod.dequantize(), w_hat)
+    with pytest.raises(ValueError, match="do not fit"):
+        AffineLinear.from_codes(codes, scale, zero, bits=3, sym=sym)
 
 
 def test_fit_includes_zero_in_range():

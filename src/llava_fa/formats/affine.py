@@ -1,6 +1,7 @@
 """`affine`: bit-packed uniform affine codes with one float16 scale (and zero) per group.
 
-Stored tensors (b = bits, G = in_features / group_size groups per row):
+Stored tensors (b = bits, G = ceil(in_features / group_size) groups per row; where the size does not
+divide the width the last group is shorter, as compressed-tensors stores it):
 - `qweight` uint8 (out, ceil(in/8)*b): codes packed row by row;
 - `scales` int16 (out, G): the float16 bit patterns of the scales. Kept as integers so that a
   `model.to(dtype)` or `from_pretrained(dtype=...)` cannot silently widen them (and change the
@@ -20,7 +21,7 @@ import torch
 from llava_fa.kernels import affine_matmul, gemlite_affine
 from llava_fa.formats.base import Backend, CompressedLinear, dequant_forward
 from llava_fa.formats.registry import register_format
-from llava_fa.quantizers import dequantize_grouped, pack, packed_width, resolve_group_size, unpack
+from llava_fa.quantizers import dequantize_grouped, group_count, pack, packed_width, resolve_group_size, unpack
 
 
 @register_format
@@ -32,7 +33,7 @@ class AffineLinear(CompressedLinear):
         super().__init__(in_features, out_features, bias)
         self.bits, self.sym = int(bits), bool(sym)
         self.group_size = resolve_group_size(int(group_size), in_features)
-        n_groups = in_features // self.group_size
+        n_groups = group_count(in_features, self.group_size)
         u8 = torch.uint8
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, self.bits), dtype=u8))
         self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=torch.int16))
@@ -44,10 +45,14 @@ class AffineLinear(CompressedLinear):
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int, sym: bool,
-                   bias: torch.Tensor | None = None) -> "AffineLinear":
-        """Build from codes (out, in), float scales and integer zeros (out, G)."""
+                   bias: torch.Tensor | None = None, group_size: int | None = None) -> "AffineLinear":
+        """Build from codes (out, in), float scales and integer zeros (out, G). The group size can be
+        left out where the groups divide the width."""
         out_f, in_f = codes.shape
-        mod = cls(in_f, out_f, bias is not None, bits=bits, group_size=in_f // scale.shape[1], sym=sym)
+        group_size = in_f // scale.shape[1] if group_size is None else resolve_group_size(group_size, in_f)
+        if group_count(in_f, group_size) != scale.shape[1]:
+            raise ValueError(f"{scale.shape[1]} scales per row do not fit a width of {in_f} in groups of {group_size}")
+        mod = cls(in_f, out_f, bias is not None, bits=bits, group_size=group_size, sym=sym)
         mod.qweight = pack(codes, bits)
         mod.scales = scale.to(torch.float16).view(torch.int16).contiguous()
         if not sym:
@@ -68,7 +73,7 @@ class AffineLinear(CompressedLinear):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         scale, zero = self.scale_zero()
-        return dequantize_grouped(self.codes(), scale, zero).to(dtype)
+        return dequantize_grouped(self.codes(), scale, zero, self.group_size).to(dtype)
 
 
 def fused_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from llava_fa.formats.base import CompressedLinear
 from llava_fa.formats.budget import largest_rank_within
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers.float16 import f16_round, from_bits, to_bits
-from llava_fa.quantizers import (AffineSpec, dequantize_grouped, pack, packed_width, quantize_grouped,
+from llava_fa.quantizers import (AffineSpec, dequantize_grouped, group_count, pack, packed_width, quantize_grouped,
                                  resolve_group_size, unpack)
 
 def factor_group(group_size: int, width: int) -> int:
@@ -45,9 +45,9 @@ def layout(m: int, n: int, p: dict[str, Any]) -> dict[str, tuple[tuple[int, ...]
     if p["base_bits"]:
         b, g = p["base_bits"], resolve_group_size(p["base_group_size"], n)
         out["q_weight"] = ((m, packed_width(n, b)), u8)
-        out["q_scales"] = ((m, n // g), i16)
+        out["q_scales"] = ((m, group_count(n, g)), i16)
         if not p["base_sym"]:
-            out["q_zeros"] = ((packed_width(m * (n // g), b),), u8)
+            out["q_zeros"] = ((packed_width(m * group_count(n, g), b),), u8)
     r, bits = p["rank"], p["lr_bits"]
     if r:
         if bits == 16:
@@ -109,10 +109,13 @@ class LowRankLinear(CompressedLinear):
     def build(cls, m: int, n: int, *, A: torch.Tensor | None = None, B: torch.Tensor | None = None,
               base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, base_bits: int = 0,
               base_sym: bool = False, lr_bits: int = 16, a_group: int = 64, b_group: int = 64,
-              col_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> "LowRankLinear":
-        """From factors A (m, r), B (r, n), base codes/scale/zero (as quantize_grouped returns) and s."""
+              col_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+              base_group: int | None = None) -> "LowRankLinear":
+        """From factors A (m, r), B (r, n), base codes/scale/zero (as quantize_grouped returns, in
+        groups of `base_group`: may be left out where they divide the width) and s."""
         rank = 0 if A is None else A.shape[1]
-        base_group = n // base[1].shape[1] if base is not None else 64
+        if base_group is None:
+            base_group = n // base[1].shape[1] if base is not None else 64
         mod = cls(n, m, bias is not None, rank=rank, lr_bits=lr_bits, a_group=a_group, b_group=b_group,
                   base_bits=base_bits if base is not None else 0, base_group_size=base_group, base_sym=base_sym,
                   col_scale=col_scale is not None)
@@ -161,7 +164,7 @@ class LowRankLinear(CompressedLinear):
             zero = torch.full_like(scale, 1 << (b - 1))
         else:
             zero = unpack(self.q_zeros, b, scale.numel()).reshape(scale.shape).float()
-        return dequantize_grouped(unpack(self.q_weight, b, n), scale, zero)
+        return dequantize_grouped(unpack(self.q_weight, b, n), scale, zero, resolve_group_size(p["base_group_size"], n))
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Dequantized A (m, r) and B (r, n), or None at rank 0."""

@@ -26,7 +26,8 @@ _DTYPES = (torch.float16, torch.bfloat16)
 def available(layer, x: torch.Tensor) -> bool:
     """Whether gemlite can run `layer` (an AffineLinear) on `x`."""
     return (A16Wn is not None and x.is_cuda and x.dtype in _DTYPES and layer.bits in SUPPORTED_BITS
-            and layer.in_features % 32 == 0 and layer.group_size >= 16)
+            and layer.in_features % 32 == 0 and layer.group_size >= 16
+            and layer.in_features % layer.group_size == 0)  # no shorter last group
 
 
 def gemlite_layer(layer, device: torch.device, dtype: torch.dtype):

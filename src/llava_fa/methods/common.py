@@ -3,10 +3,7 @@ and the base Q of lqer and caldera) or affine-coded low-rank factors (asvd, svd-
 
 from __future__ import annotations
 
-import torch
-
 from llava_fa.errors import ConfigError
-from llava_fa.quantizers import resolve_group_size
 
 GROUP_SIZE_HELP = "weights per scale and zero, consecutive along a row; -1: one group per row"
 SYM_HELP = "symmetric range with a fixed mid-level zero, no stored zeros (needs 2 bits or more)"
@@ -24,10 +21,3 @@ def check_affine_options(method: str, bits: int, group_size: int, sym: bool) -> 
     if sym and bits < 2:
         raise ConfigError(f"{method}: symmetric quantization needs at least 2 bits (got --bits {bits})")
 
-
-def check_group_divides(method: str, name: str, weight: torch.Tensor, group_size: int) -> None:
-    """Raise ConfigError, naming the layer, when `group_size` does not divide the layer's input width."""
-    try:
-        resolve_group_size(group_size, weight.shape[1])
-    except ValueError as e:
-        raise ConfigError(f"{method}: layer {name}: {e}") from None

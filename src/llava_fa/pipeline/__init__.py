@@ -53,7 +53,7 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     parts = find_parts(model)
     names, targets, ignore = plan(model, recipe, parts)
     blocks = make_plan(model, names, method, parts)
-    describe_selection(model, names, parts, method, info)
+    describe_selection(model, names, parts, ignore, method, info)
     if on_layers:
         on_layers(len(names))
     samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=parts.vision is not None)
@@ -85,13 +85,18 @@ def _silent(message: str) -> None:
     pass
 
 
-def describe_selection(model, names: list[str], parts, method: Method, info: Callable[[str], None]) -> None:
-    """What the selection takes, MoE experts apart (make_plan warns about fused experts left dense)."""
+def describe_selection(model, names: list[str], parts, ignore: list[str], method: Method,
+                       info: Callable[[str], None]) -> None:
+    """What the selection takes, part by part and MoE experts apart, and what it leaves and why
+    (make_plan warns about fused experts left dense)."""
     from llava_fa.calibration.experts import MIN_TOKEN_SHARE
+    from llava_fa.pipeline.summary import summarize
     from llava_fa.selection import count_selected
 
     count = count_selected(model, names)
     info(count.describe())
+    for line in summarize(model, names, parts, ignore, method):
+        info(line)
     if count.expert_layers and method.needs:
         info(f"MoE: each expert is calibrated on the tokens routed to it; one routed under {MIN_TOKEN_SHARE:.1%} of "
              f"its module's tokens takes the statistics pooled over the module's experts (reported per layer)")

@@ -6,6 +6,8 @@ from llava_fa.quantizers.affine import (
     dequantize_grouped,
     fake_quantize,
     fit,
+    group_count,
+    pad_to_groups,
     quantize,
     quantize_grouped,
     resolve_group_size,
@@ -13,6 +15,6 @@ from llava_fa.quantizers.affine import (
 from llava_fa.quantizers.packing import pack, packed_width, unpack
 
 __all__ = [
-    "AffineSpec", "dequantize", "dequantize_grouped", "fake_quantize", "fit", "quantize", "quantize_grouped",
+    "AffineSpec", "dequantize", "dequantize_grouped", "fake_quantize", "fit", "group_count", "pad_to_groups", "quantize", "quantize_grouped",
     "resolve_group_size", "pack", "packed_width", "unpack",
 ]

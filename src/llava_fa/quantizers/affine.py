@@ -28,24 +28,18 @@ class AffineSpec:
 
 
 def resolve_group_size(group_size: int, in_features: int) -> int:
-    """-1 means one group per row; any other size must divide the width exactly."""
+    """-1 means one group per row; a size that does not divide the width leaves a shorter last group."""
     if group_size == -1:
         return in_features
     if group_size <= 0:
         raise ValueError(f"group size must be positive or -1 (one group per row), got {group_size}")
-    if in_features % group_size:
-        raise ValueError(
-            f"input width {in_features} is not divisible by the group size {group_size}; "
-            f"pick a divisor of {in_features} (e.g. {_divisor_hint(in_features, group_size)}) "
-            f"or -1 for one group per row"
-        )
-    return group_size
+    return min(group_size, in_features)
 
 
-def _divisor_hint(n: int, near: int) -> int:
-    """A group size to suggest: the largest power of two up to `near` that divides `n`."""
-    powers = [1 << k for k in range(16) if (1 << k) <= near and n % (1 << k) == 0]
-    return max(powers) if powers else 1
+def group_count(in_features: int, group_size: int) -> int:
+    """Groups per row: ceil(width / size). Where the size does not divide the width (vision towers:
+    Qwen2.5-VL's 3420, SigLIP's 4304) the last group is shorter, as compressed-tensors stores it."""
+    return -(-in_features // group_size)
 
 
 def fit(w: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,14 +89,27 @@ def quantize_grouped(w: torch.Tensor, spec: AffineSpec) -> tuple[torch.Tensor, t
     """Round-to-nearest of a (out, in) matrix: codes (out, in), scale and zero (out, in/group)."""
     out_f, in_f = w.shape
     g = resolve_group_size(spec.group_size, in_f)
-    wg = w.float().reshape(out_f, in_f // g, g)
+    wg = pad_to_groups(w.float(), g).reshape(out_f, -1, g)
     scale, zero = fit(wg, spec.bits, spec.sym)
     codes = quantize(wg, scale[..., None], zero[..., None], spec.bits)
-    return codes.reshape(out_f, in_f), scale, zero
+    return codes.reshape(out_f, -1)[:, :in_f], scale, zero
 
 
-def dequantize_grouped(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    out_f, in_f = codes.shape
-    n_groups = scale.shape[-1]
-    cg = codes.reshape(out_f, n_groups, in_f // n_groups)
-    return dequantize(cg, scale[..., None], zero[..., None]).reshape(out_f, in_f)
+def pad_to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """`w` with zero columns appended up to whole groups. Every grid contains 0 (fit widens the
+    range to include it), so the padding never changes a group's scale or zero."""
+    short = -w.shape[-1] % group_size
+    return torch.nn.functional.pad(w, (0, short)) if short else w
+
+
+def dequantize_grouped(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                       group_size: int | None = None) -> torch.Tensor:
+    """Weights (out, in) from codes (out, in) and scale/zero (out, ceil(in / group_size)). The size
+    can be left out where the groups divide the width (then it is in / groups)."""
+    in_f, n_groups = codes.shape[-1], scale.shape[-1]
+    if group_size is None:
+        if in_f % n_groups:
+            raise ValueError(f"{n_groups} groups do not divide a width of {in_f}: pass the group size")
+        group_size = in_f // n_groups
+    group = torch.arange(in_f, device=codes.device) // group_size
+    return dequantize(codes, scale[:, group], zero[:, group])

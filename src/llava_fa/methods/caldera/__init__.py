@@ -29,10 +29,10 @@ from llava_fa.errors import ConfigError
 from llava_fa.formats.lowrank import LowRankLinear, factor_group
 from llava_fa.calibration.stats import XTX, LayerStats
 from llava_fa.methods.base import Method, MethodConfig, option, register_method
-from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options, check_group_divides
+from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.methods.svd_llm import whitened_factors
-from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
+from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped, resolve_group_size
 
 
 @dataclass
@@ -73,7 +73,7 @@ def caldera(W: torch.Tensor, H: torch.Tensor, c: CALDERAConfig):
     best = (float("inf"), None)
     for _ in range(c.iters):
         qcodes = gptq_quantize(W - LR, H, bits=c.q_bits, group_size=c.group_size, damp=c.damp)
-        E = W - dequantize_grouped(*qcodes)
+        E = W - dequantize_grouped(*qcodes, resolve_group_size(c.group_size, W.shape[1]))
         if r == 0:
             return qcodes, None, None
         if A is None:
@@ -103,9 +103,6 @@ class CALDERA(Method):
     name = "caldera"
     Config = CALDERAConfig
     needs = frozenset({XTX})
-
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
 
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> LowRankLinear:

@@ -15,9 +15,8 @@ from llava_fa.calibration.stats import XTX, LayerStats
 from llava_fa.errors import ConfigError
 from llava_fa.formats import AffineLinear
 from llava_fa.methods.base import Method, register_method
-from llava_fa.methods.common import check_group_divides
 from llava_fa.methods.gptq.config import GPTQConfig
-from llava_fa.quantizers import dequantize, fit, quantize, resolve_group_size
+from llava_fa.quantizers import dequantize, fit, group_count, pad_to_groups, quantize, resolve_group_size
 from llava_fa.quantizers.feedback import feedback_quantize
 from llava_fa.quantizers.hessian import prepare_hessian
 
@@ -28,9 +27,6 @@ class GPTQ(Method):
     Config = GPTQConfig
     needs = frozenset({XTX})
 
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
-
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> AffineLinear:
         if stats is None:
@@ -39,7 +35,7 @@ class GPTQ(Method):
         H = stats.hessian(c.modality).to(weight.device)
         codes, scale, zero = gptq_quantize(weight, H, bits=c.bits, group_size=c.group_size, sym=c.sym, damp=c.damp,
                                            block_size=c.block_size, act_order=c.act_order)
-        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias)
+        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias, group_size=c.group_size)
 
 
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: int, sym: bool = False,
@@ -55,11 +51,11 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_siz
     W, order = prepared.weight, prepared.order
     out_f, n = W.shape
     columns = torch.arange(n, device=W.device) if order is None else order
-    rounder = AffineColumns(out_f, (columns // g).tolist(), n // g, bits, sym, W.device)
+    rounder = AffineColumns(out_f, (columns // g).tolist(), group_count(n, g), bits, sym, W.device)
     if order is not None:
         # In act-order a group's first column is not met first: fit every group before the loop,
         # on the original column order ("static groups").
-        rounder.scale, rounder.zero = fit(W[:, torch.argsort(order)].reshape(out_f, n // g, g), bits, sym)
+        rounder.scale, rounder.zero = fit(pad_to_groups(W[:, torch.argsort(order)], g).reshape(out_f, -1, g), bits, sym)
     feedback_quantize(W, prepared.hinv_chol, rounder, block_size=block_size,
                       group_size=None if order is not None else g)
     codes = rounder.codes if order is None else rounder.codes[:, torch.argsort(order)]

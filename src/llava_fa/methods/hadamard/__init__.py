@@ -19,7 +19,7 @@ from torch import nn
 from llava_fa.errors import ConfigError
 from llava_fa.calibration.stats import XTX, LayerStats
 from llava_fa.methods.base import Method, MethodConfig, option, register_method
-from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options, check_group_divides
+from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.formats.hadamard import HadamardLinear
 from llava_fa.transforms.hadamard import (fwht, hadamard_block, random_signs, rotate_hessian, rotate_weight,
@@ -61,9 +61,6 @@ class Hadamard(Method):
         if self.config.base == "rtn":
             self.needs = frozenset()
 
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
-
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> HadamardLinear:
         c = self.config
@@ -80,6 +77,6 @@ class Hadamard(Method):
         else:
             codes, scale, zero = quantize_grouped(Wr, AffineSpec(c.bits, c.group_size, c.sym))
         # from_codes builds the skeleton with the default block, hadamard_block(n), the one used here.
-        mod = HadamardLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias)
+        mod = HadamardLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias, group_size=c.group_size)
         mod.set_signs(d)
         return mod

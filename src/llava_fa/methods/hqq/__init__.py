@@ -26,8 +26,8 @@ from llava_fa.errors import ConfigError
 from llava_fa.formats import AffineLinear
 from llava_fa.calibration.stats import LayerStats
 from llava_fa.methods.base import Method, MethodConfig, option, register_method
-from llava_fa.methods.common import GROUP_SIZE_HELP, check_affine_options, check_group_divides
-from llava_fa.quantizers import fit, resolve_group_size
+from llava_fa.methods.common import GROUP_SIZE_HELP, check_affine_options
+from llava_fa.quantizers import fit, pad_to_groups, resolve_group_size
 from llava_fa.quantizers.float16 import F16 as _F16, f16_up
 
 
@@ -67,7 +67,8 @@ def hqq_quantize(weight: torch.Tensor, bits: int, group_size: int, lp_norm: floa
     out_f, n = weight.shape
     g = resolve_group_size(group_size, n)
     maxq = (1 << bits) - 1
-    W = weight.detach().float().reshape(out_f, n // g, g)
+    # A shorter last group is padded with zeros, which then take part in its fit (lightly: one group per row).
+    W = pad_to_groups(weight.detach().float(), g).reshape(out_f, -1, g)
     s0, z0 = fit(W, bits, False)
     s, z = s0[..., None].clone(), z0[..., None].clone()  # z float during the iterations
     best_err = torch.full_like(s, float("inf"))
@@ -110,7 +111,7 @@ def hqq_quantize(weight: torch.Tensor, bits: int, group_size: int, lp_norm: floa
             best = [torch.where(t, e, best[0]), torch.where(t, cs, best[1]), torch.where(t, cz, best[2]),
                     torch.where(t, cq, best[3])]
     _, s, z, q = best
-    return q.reshape(out_f, n).to(torch.int64), s[..., 0], z[..., 0]
+    return q.reshape(out_f, -1)[:, :n].to(torch.int64), s[..., 0], z[..., 0]
 
 
 @register_method
@@ -119,12 +120,9 @@ class HQQ(Method):
     Config = HQQConfig
     needs = frozenset()
 
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
-
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> AffineLinear:
         c = self.config
         codes, scale, zero = hqq_quantize(weight, c.bits, c.group_size, c.lp_norm, c.beta, c.kappa, c.iters,
                                           c.opt_scale)
-        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=False, bias=bias)
+        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=False, bias=bias, group_size=c.group_size)

@@ -21,8 +21,8 @@ from llava_fa.formats.lowrank import LowRankLinear, split_svd
 from llava_fa.methods.asvd import channel_scale
 from llava_fa.calibration.stats import SQ, LayerStats
 from llava_fa.methods.base import Method, MethodConfig, option, register_method
-from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options, check_group_divides
-from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped
+from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options
+from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped, resolve_group_size
 
 
 @dataclass
@@ -49,9 +49,6 @@ class LQER(Method):
     Config = LQERConfig
     needs = frozenset({SQ})
 
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
-
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> LowRankLinear:
         c = self.config
@@ -60,8 +57,9 @@ class LQER(Method):
         base = quantize_grouped(W, AffineSpec(c.bits, c.group_size, False))
         r = min(c.rank, m, n)
         if r == 0:
-            return LowRankLinear.build(m, n, base=base, base_bits=c.bits, bias=bias)
+            return LowRankLinear.build(m, n, base=base, base_bits=c.bits, bias=bias, base_group=c.group_size)
         s = channel_scale(stats, n, c.modality).to(W.device)
-        A, B, _ = split_svd((W - dequantize_grouped(*base)) * s[None, :], r)
+        A, B, _ = split_svd((W - dequantize_grouped(*base, resolve_group_size(c.group_size, n))) * s[None, :], r)
         return LowRankLinear.build(m, n, A=A, B=B / s[None, :], base=base, base_bits=c.bits, lr_bits=c.lr_bits,
-                                   a_group=c.lr_group, b_group=c.lr_group, bias=bias)
+                                   a_group=c.lr_group, b_group=c.lr_group, bias=bias,
+                                   base_group=c.group_size)

@@ -10,7 +10,7 @@ from torch import nn
 from llava_fa.formats import AffineLinear
 from llava_fa.calibration.stats import LayerStats
 from llava_fa.methods.base import Method, MethodConfig, option, register_method
-from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options, check_group_divides
+from llava_fa.methods.common import GROUP_SIZE_HELP, SYM_HELP, check_affine_options
 from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 
@@ -31,11 +31,8 @@ class RTN(Method):
     Config = RTNConfig
     needs = frozenset()
 
-    def check_layer(self, name: str, linear: nn.Linear) -> None:
-        check_group_divides(self.name, name, linear.weight, self.config.group_size)
-
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> AffineLinear:
         c = self.config
         codes, scale, zero = quantize_grouped(weight, AffineSpec(c.bits, c.group_size, c.sym))
-        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias)
+        return AffineLinear.from_codes(codes, scale, zero, bits=c.bits, sym=c.sym, bias=bias, group_size=c.group_size)
