@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import compress_fixtures as F
+import vlm_fixtures as V
 from llava_fa.calibration.data import build_samples
 from llava_fa.errors import DataError
 from llava_fa.formats import CompressedLinear
@@ -81,6 +82,10 @@ FAMILIES = {
     "gemma3": (F.gemma3, lambda seed: F.text_inputs(seed=seed)),
     "llama": (F.llama, lambda seed: F.text_inputs(seed=seed)),
     "mllama": (F.mllama, lambda seed: F.mllama_inputs(seed=seed) if seed == 0 else F.text_inputs(seed=seed)),
+    # Qwen3-VL adds deepstack image features after its first layer (capture.py), Gemma 3's VLM
+    # attends bidirectionally within an image; the rest put image features in the sequence.
+    **{name: V.FAMILIES[name] for name in ("qwen3_vl", "gemma3_vlm", "llava_next", "llava_onevision", "paligemma",
+                                           "internvl", "smolvlm")},
 }
 
 
@@ -128,21 +133,16 @@ def test_mllama_cross_attention_keys_and_values_are_calibrated_on_vision_tokens(
     assert stats["model.language_model.layers.0.self_attn.q_proj"].tokens == {"image": 0, "text": 2 * 12 + 16}
 
 
-def test_a_model_that_changes_hidden_states_between_layers_is_refused():
-    """Qwen3-VL adds image features to the hidden states after its first layers (deepstack): the
-    layer-by-layer pass would miss them, so it is an error rather than a silently wrong calibration."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
+def test_a_model_that_changes_hidden_states_between_layers_is_refused_unless_declared_additive(monkeypatch):
+    """Qwen3-VL adds image features to the hidden states after its first layers (deepstack). Declared
+    additive in the architecture table, the added terms are recorded and added back (the test above
+    checks the result); a model that changes them without such a declaration is refused, since the
+    layer-by-layer pass would silently miss the change."""
+    from llava_fa.calibration import architectures
     from llava_fa.errors import ConfigError
 
-    torch.manual_seed(0)
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4], "mrope_interleaved": True}
-    vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16, deepstack_visual_indexes=[0])
-    cfg = Qwen3VLConfig(text_config=dict(F.TEXT, head_dim=16, rope_parameters=rope), vision_config=vision,
-                        image_token_id=F.IMAGE_ID, video_token_id=F.VOCAB - 1, vision_start_token_id=256,
-                        vision_end_token_id=257)
-    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    model = V.qwen3_vl()
+    monkeypatch.setitem(architectures.ARCHITECTURES, "qwen3_vl", architectures.DEFAULT)
     with pytest.raises(ConfigError, match="changes the hidden states between decoder layers 0 and 1"):
         compress_model(model, Identity(), decoder_names(model), [F.qwen2vl_inputs()])
     compress_model(model, Identity(), decoder_names(model), [F.text_inputs()])  # text only: no deepstack

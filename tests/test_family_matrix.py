@@ -1,11 +1,13 @@
-"""Family x method matrix (partial, see below): each tiny family is compressed with a few calibration
-samples of its own inputs, saved, reloaded with from_pretrained, compared with the original and asked
-to generate a few tokens.
+"""Family x method matrix: each tiny family is compressed with a few calibration samples of its own
+inputs, saved, reloaded with from_pretrained, compared with the original and asked to generate.
 
-Scope today: Llama, Qwen2, Qwen3, Phi3, Mistral, Gemma 3 (text), LLaVA, Qwen2-VL, Qwen2.5-VL, Idefics3,
-Qwen3-MoE and Mixtral, each with rtn, gptq and fa at 8 bits (logits within 3% of the original) and sab
-(~1 bit: finite logits, reload equal to the in-memory compressed model). Still to add: Qwen3-VL(-MoE),
-SmolVLM, LLaVA-NeXT/OneVision, PaliGemma, InternVL and Mllama end to end.
+Families: Llama, Qwen2, Qwen3, Phi3, Mistral, Gemma 3 (text and image-text), LLaVA, LLaVA-NeXT,
+LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE (a MoE VLM), Idefics3, SmolVLM,
+PaliGemma, InternVL, Qwen3-MoE and Mixtral (Mllama: tests/test_families.py), each with rtn, gptq
+and fa at 8 bits (logits within 3% of the original) and sab (~1 bit: finite logits, reload equal
+to the in-memory compressed model), >= 99% of the decoder's weights compressed (experts included).
+The image-text families also compress their vision tower and projector on request, at a group
+size that divides none of their widths.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 import compress_fixtures as F
+import vlm_fixtures as V
 import llava_fa  # noqa: F401  (registers the quantizer with transformers)
 from llava_fa.io.checkpoint import quantization_config, save_compressed
 from llava_fa.methods import build_config, get_method
@@ -54,6 +57,7 @@ FAMILIES = {  # name: (builder, calibration/evaluation inputs by seed)
     "idefics3": (F.idefics3, lambda s: F.idefics3_inputs(seed=s)),
     "qwen3_moe": (lambda: _moe("qwen3_moe")(), lambda s: F.text_inputs(seed=s)),
     "mixtral": (lambda: _moe("mixtral")(), lambda s: F.text_inputs(seed=s)),
+    **V.FAMILIES,
 }
 
 
@@ -90,7 +94,8 @@ def test_compress_save_reload_generate(tmp_path, family, name):
     loaded = type(model).from_pretrained(out).eval()
     torch.testing.assert_close(logits(loaded, probe), compressed)
     ids = probe["input_ids"][:, :4]
-    assert loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False).shape == (1, 7)
+    assert loaded.generate(ids, attention_mask=torch.ones_like(ids), min_new_tokens=3, max_new_tokens=3,
+                           do_sample=False).shape == (1, 7)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

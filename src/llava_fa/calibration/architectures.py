@@ -19,6 +19,10 @@ class Architecture:
     image_features_in_sequence: bool = True
     # Linear layers (name suffixes) whose input rows are all image features, whatever the mask.
     image_inputs: tuple[str, ...] = ()
+    # The model adds terms that do not depend on the hidden states between decoder layers (Qwen3-VL's
+    # deepstack: image features of inner vision layers added at the image positions after the
+    # first decoder layers). The catch pass records each term; the layer-by-layer pass adds it.
+    additive_between_layers: bool = False
 
 
 DEFAULT = Architecture()
@@ -28,6 +32,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     # cross-attention layers as keys and values (their rows are vision tokens), the queries are text.
     "mllama": Architecture(image_features_in_sequence=False,
                            image_inputs=("cross_attn.k_proj", "cross_attn.v_proj")),
+    "qwen3_vl": Architecture(additive_between_layers=True),
+    "qwen3_vl_moe": Architecture(additive_between_layers=True),
 }
 
 

@@ -28,6 +28,7 @@ unknown one is skipped the same way) and a dense `weight` of the wrong shape sto
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from transformers.quantizers.auto import (
@@ -104,6 +105,11 @@ class LlavaFAHfQuantizer(HfQuantizer):
         install_modules(model, self.quantization_config)
         return model
 
+    def update_weight_conversions(self, weight_conversions, model):
+        """transformers >= 5.24 only (earlier versions never call it)."""
+        kept = without_fused_expert_converters(weight_conversions, model)
+        return super().update_weight_conversions(kept, model)
+
     def _process_model_after_weight_loading(self, model, **kwargs):
         check_loaded(model, self.quantization_config)
         return model
@@ -114,6 +120,27 @@ class LlavaFAHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def without_fused_expert_converters(weight_conversions: list, model) -> list:
+    """Drop the converters whose targets are fused expert parameters the skeleton no longer has.
+
+    A family's conversion mapping may rewrite its fused experts on load (Qwen3-VL-MoE transposes
+    `mlp.experts.gate_up_proj`); its patterns also match the per-expert names a compressed
+    checkpoint stores (`mlp.experts.gate_up_proj.0.qweight`), which it then fails to transpose.
+    Once install_modules has linearized the experts, such a target is a module, not a parameter."""
+    params = "\n".join(name for name, _ in model.named_parameters())
+    modules = "\n".join(name for name, _ in model.named_modules())
+    from transformers.core_model_loading import WeightConverter  # a renaming (WeightRenaming) is always kept
+
+    return [c for c in weight_conversions
+            if not (isinstance(c, WeightConverter) and c._original_target_patterns
+                    and all(_names_module_only(t, params, modules) for t in c._original_target_patterns))]
+
+
+def _names_module_only(pattern: str, params: str, modules: str) -> bool:
+    regex = re.compile(rf"{pattern}$", re.MULTILINE)
+    return regex.search(params) is None and regex.search(modules) is not None
 
 
 def register() -> None:

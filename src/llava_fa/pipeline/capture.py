@@ -9,9 +9,11 @@ During this pass no layer computes: each layer's forward is replaced by a stub t
 arguments and hands its hidden states on unchanged. The pass costs the embeddings (and the vision
 tower) only and no decoder layer visits the device. The first layer's hidden states are kept; the
 hidden states of later layers are the outputs of the (compressed) layers before them, which
-sequential.py computes. A model that changes the hidden states between two layers (Qwen3-VL's
-deepstack adds image features after the first layers) cannot be compressed this way, and the
-stubs notice it: the tensor a layer receives is not the one the previous layer handed on.
+sequential.py computes. A model that changes the hidden states between two layers cannot be
+compressed this way, and the stubs notice it: the tensor a layer receives is not the one the
+previous layer handed on. The exception is a change the architecture table declares additive
+(Qwen3-VL's deepstack adds image features after the first layers): there the stubs hand on zeros,
+so what reaches the next layer is exactly the added term, recorded for sequential.py to add.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ class DecoderInputs:
 
     hidden: list[torch.Tensor] = field(default_factory=list)  # the first decoder layer's hidden states
     calls: list[list[LayerCall | None]] = field(default_factory=list)  # [layer][sample]; None: layer skipped
+    # [layer][sample]: what the model adds to the layer's output before the next layer (None: nothing)
+    added: list[list[torch.Tensor | None]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, num_layers: int) -> "DecoderInputs":
-        return cls([], [[] for _ in range(num_layers)])
+        return cls([], [[] for _ in range(num_layers)], [[] for _ in range(num_layers)])
 
 
 def split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
@@ -58,10 +62,12 @@ class LayerRecorder:
     modules that run after the layers (the LM head), where the forward stops when a sample skips
     that layer."""
 
-    def __init__(self, layers: nn.ModuleList, stop_after: int, stop_at: tuple[nn.Module, ...] = ()):
-        self.layers, self.stop_after, self.stop_at = layers, stop_after, stop_at
+    def __init__(self, layers: nn.ModuleList, stop_after: int, stop_at: tuple[nn.Module, ...] = (),
+                 additive: bool = False):
+        self.layers, self.stop_after, self.stop_at, self.additive = layers, stop_after, stop_at, additive
         self.inputs = DecoderInputs.empty(len(layers))
         self._sample: list[LayerCall | None] = []
+        self._added: list[torch.Tensor | None] = []
         self._first: torch.Tensor | None = None
         self._handed_on: tuple[int, torch.Tensor, int] | None = None  # (layer, tensor, its version)
         self._saved: list[Any] = []
@@ -88,6 +94,7 @@ class LayerRecorder:
     def run(self, model: nn.Module, inputs: dict) -> None:
         """One sample's forward, up to the last needed layer; its layer calls are added to `inputs`."""
         self._sample, self._first, self._handed_on = [None] * len(self.layers), None, None
+        self._added = [None] * len(self.layers)
         try:
             model(**inputs)
         except StopForward:
@@ -97,22 +104,33 @@ class LayerRecorder:
         self.inputs.hidden.append(self._first)
         for index, call in enumerate(self._sample):
             self.inputs.calls[index].append(call)
+            self.inputs.added[index].append(self._added[index])
 
     def _stub(self, index: int):
         def forward(*args, **kwargs):
             hidden, rest, rest_kwargs = split_hidden(args, kwargs)
-            self._check_handed_on(index, hidden)
+            if self.additive and self._first is not None:
+                self._record_added(hidden)
+            else:
+                self._check_handed_on(index, hidden)
             if self._sample[index] is not None:
                 raise ConfigError(f"decoder layer {index} runs twice in one forward; layer-by-layer compression "
                                   "needs each layer to run once")
             self._sample[index] = (rest, rest_kwargs)
             if self._first is None:
                 self._first = hidden
-            self._handed_on = (index, hidden, hidden._version)
+            handed = torch.zeros_like(hidden) if self.additive else hidden
+            self._handed_on = (index, handed, handed._version)
             if index >= self.stop_after:
                 raise StopForward
-            return hidden
+            return handed
         return forward
+
+    def _record_added(self, hidden: torch.Tensor) -> None:
+        """Zeros were handed on: what arrives is the term the model added after the previous layer."""
+        previous, zeros, version = self._handed_on
+        if hidden is not zeros or hidden._version != version:
+            self._added[previous] = hidden.clone()
 
     def _check_handed_on(self, index: int, hidden: torch.Tensor) -> None:
         """The hidden states must reach this layer as the previous layer handed them on: the same

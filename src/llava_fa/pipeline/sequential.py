@@ -121,8 +121,8 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
                          work=WorkDir(work_dir, fingerprint), on_block=on_block, on_row=on_row)
     inputs = compress_pre(run)
     for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
-        compress_layer(run, i, inputs.hidden, inputs.calls[i])
-        inputs.calls[i] = []  # layer i is done: what only it received can go
+        compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
+        inputs.calls[i], inputs.added[i] = [], []  # layer i is done: what only it received can go
     compress_post(run, inputs.hidden)
     return run.rows
 
@@ -179,8 +179,9 @@ def compress_pre(run: CompressionRun) -> DecoderInputs:
 
 
 def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
-                   calls: list[LayerCall | None]) -> None:
-    """Compress the targets of decoder layer `index` (if any); its outputs replace `hidden`."""
+                   calls: list[LayerCall | None], added: list[torch.Tensor | None]) -> None:
+    """Compress the targets of decoder layer `index` (if any); its outputs (plus what the model adds
+    after it) replace `hidden`."""
     layer = run.layers[index].to(run.device)
     names = run.plan.layers.get(index, ())
     block = None
@@ -188,7 +189,7 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
                            partial(feed_layer, run, layer, hidden, calls))
     with measuring(block):
-        propagate(layer, hidden, calls)
+        propagate(layer, hidden, calls, added)
     layer.to(run.home)
     if block is not None:
         close_block(run, block)
@@ -293,7 +294,8 @@ def capture_decoder_inputs(run: CompressionRun, collector: StatsCollector | None
     """One pass of the model, its decoder layers stubbed (capture.py): what each layer receives, per sample."""
     head = run.model.get_submodule(run.plan.parts.lm_head) if run.plan.parts.lm_head else None
     recorder = LayerRecorder(run.layers, stop_after=max(run.plan.last_layer(calibrated=True), 0),
-                             stop_at=(head,) if head is not None else ())
+                             stop_at=(head,) if head is not None else (),
+                             additive=architecture_of(run.model).additive_between_layers)
     move_except(run.model, run.stay_home, run.device)
     try:
         with recorder:
@@ -314,12 +316,16 @@ def feed_layer(run: CompressionRun, layer: nn.Module, hidden: list[torch.Tensor]
             layer(h, *call[0], **call[1])
 
 
-def propagate(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None]) -> None:
-    """Replace each sample's hidden states by the layer's outputs (kept where the layer is skipped)."""
+def propagate(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None],
+              added: list[torch.Tensor | None]) -> None:
+    """Replace each sample's hidden states by the layer's outputs (kept where the layer is skipped),
+    plus what the model adds after the layer (capture.py)."""
     for j, (h, call) in enumerate(zip(hidden, calls)):
         if call is not None:
             out = layer(h, *call[0], **call[1])
             hidden[j] = out[0] if isinstance(out, (tuple, list)) else out
+        if added[j] is not None:
+            hidden[j] = hidden[j] + added[j].to(hidden[j].device)
 
 
 def feed_head(run: CompressionRun, norm: nn.Module, name: str, hidden: list[torch.Tensor],
