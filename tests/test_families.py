@@ -13,9 +13,10 @@ from PIL import Image
 
 import compress_fixtures as F
 import vlm_fixtures as V
+from test_family_matrix import FAMILIES as MATRIX
 from llava_fa.calibration.data import build_samples
 from llava_fa.errors import DataError
-from llava_fa.formats import CompressedLinear
+from llava_fa.formats import CompressedLinear, unfuse_experts
 from llava_fa.methods import build_config, get_method
 from llava_fa.pipeline import compress_model
 from llava_fa.selection import default_patterns, find_parts, select
@@ -62,7 +63,9 @@ def decoder_names(model):
 
 @torch.no_grad()
 def plain_inputs(model, names, samples) -> dict[str, list[torch.Tensor]]:
-    """The input rows of each linear in a plain forward of `model` (a layer it skips adds nothing)."""
+    """The input rows of each linear in a plain forward of `model` (a layer it skips adds nothing).
+    Fused MoE experts are linearized first: their loop is the fused module's own (formats/experts.py)."""
+    unfuse_experts(model, names)
     seen = {n: [] for n in names}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1]).float())) for n in names]
@@ -87,6 +90,7 @@ FAMILIES = {
     **{name: V.FAMILIES[name] for name in ("qwen3_vl", "gemma3_vlm", "llava_next", "llava_onevision", "paligemma",
                                            "internvl", "smolvlm")},
 }
+FAMILIES.update({name: family for name, family in MATRIX.items() if name not in FAMILIES})  # the other families
 
 
 @pytest.mark.parametrize("family", FAMILIES)
