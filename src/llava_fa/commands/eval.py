@@ -24,11 +24,13 @@ def _require_model_folder(path: Path, what: str) -> None:
 def eval_command(
     model_dir: Path = typer.Argument(..., help="Model folder (Hugging Face save_pretrained layout)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference model folder for KL / top-1 fidelity."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N easy-VQA test questions.",
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N easy-VQA test questions (with "
+                                        "--tasks: the first N documents of each task, default all).",
                                         show_default="a few hundred on CPU, all on a GPU or with --full"),
     full: bool = typer.Option(False, "--full", help="The whole easy-VQA test split and all of WikiText-2, also "
                                                     "on CPU (hours there)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result to this JSON file."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result (with --tasks: "
+                                             "task -> metric -> value) to this JSON file."),
     vqa_mode: str = typer.Option("fast", "--vqa-mode", help="fast (rank the 13 answers in one forward), generate, or both."),
     text: Optional[str] = typer.Option(None, "--text", help="Perplexity text file, or 'datasets'.",
                                        show_default="$LLAVA_FA_DATA/wikitext-2-raw/wiki.test.raw"),
@@ -40,12 +42,26 @@ def eval_command(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     vqa_root: Optional[Path] = typer.Option(None, "--vqa-root", help="easy-VQA data folder.",
                                             show_default="the pinned asset"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions (with --tasks: lm-eval requests) "
+                                                                   "per forward pass."),
     forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks, comma-separated "
+                                        "(e.g. wikitext,arc_easy). With --tasks ONLY these tasks run (no size, "
+                                        "perplexity, VQA or fidelity); --limit is then documents per task."),
+    tasks_include: Optional[Path] = typer.Option(None, "--tasks-include", help="Folder of local lm-eval task YAMLs "
+                                                 "(lm-eval's include_path); when every task is from it, the run "
+                                                 "is offline."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples per "
+                                              "--tasks prompt.", show_default="each task's own"),
 ) -> None:
-    """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference."""
-    check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows,
-                      vqa_root)
+    """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference; or, with
+    --tasks, lm-evaluation-harness tasks."""
+    if tasks is not None:
+        return harness_command(model_dir, tasks, tasks_include, limit, num_fewshot, reference, json_path, device,
+                               dtype, batch_size, forward_mode)
+    if tasks_include is not None or num_fewshot is not None:
+        raise UserError("--tasks-include and --num-fewshot go with --tasks. Fix: add --tasks NAME[,NAME...]")
+    check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows, vqa_root)
     from rich.console import Console
 
     from llava_fa.evaluation.runner import evaluate, print_result  # heavy imports: only when run
@@ -64,6 +80,11 @@ def eval_command(
                           vqa_root=vqa_root, batch_size=batch_size, fidelity_prompts=sizes.fidelity_prompts,
                           forward_mode=forward_mode, announce=err.print)
     print_result(result)
+    write_result(json_path, result)
+
+
+def write_result(json_path: Optional[Path], result: dict) -> None:
+    """The result as JSON where --json asks for it (atomically: complete or absent)."""
     if json_path is not None:
         from llava_fa.io.files import write_json_atomic
 
@@ -94,3 +115,47 @@ def check_eval_inputs(model_dir: Path, reference: Optional[Path], vqa_mode: str,
         resolve_dtype(dtype, resolve_device(device))
     check_output_file(json_path, "--json", (model_dir, reference))
     check_text_source(text, needed=ppl_windows != 0)
+
+
+def harness_command(model_dir: Path, tasks: str, include: Optional[Path], limit: Optional[int],
+                    num_fewshot: Optional[int], reference: Optional[Path], json_path: Optional[Path], device: str,
+                    dtype: str, batch_size: int, forward_mode: Optional[str]) -> None:
+    """`llava-fa eval DIR --tasks ...`: lm-evaluation-harness tasks on the model, loaded by llava-fa."""
+    manager, names = check_harness_inputs(model_dir, tasks, include, reference, forward_mode, device, dtype,
+                                          json_path)
+    from rich.console import Console
+
+    from llava_fa.evaluation.harness import evaluate_tasks, render_table
+    from llava_fa.runtime import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    with reported_as_user_errors():
+        result = evaluate_tasks(model_dir, names, include, limit=limit, num_fewshot=num_fewshot, device=dev,
+                                dtype=resolve_dtype(dtype, dev), batch_size=batch_size, forward_mode=forward_mode,
+                                manager=manager)
+    Console().print(render_table(result))
+    write_result(json_path, result)
+
+
+def check_harness_inputs(model_dir: Path, tasks: str, include: Optional[Path], reference: Optional[Path],
+                         forward_mode: Optional[str], device: str, dtype: str, json_path: Optional[Path]):
+    """Every flag of `llava-fa eval --tasks` checked, and the task names looked up, before a model loads.
+    Returns (lm-eval TaskManager, task names)."""
+    _require_model_folder(model_dir, "model folder")
+    if reference is not None:
+        raise UserError("--reference does not go with --tasks (fidelity is not measured then). Fix: run "
+                        "`llava-fa eval` twice, once with --tasks and once with --reference")
+    if include is not None and not Path(include).is_dir():
+        raise UserError(f"--tasks-include {include} is not a folder. Fix: pass the folder that holds the task "
+                        f"YAML files")
+    from llava_fa.evaluation.harness import parse_tasks, require_lm_eval, task_manager
+    from llava_fa.runtime import resolve_device, resolve_dtype
+
+    check_model_inputs(model_dir, forward_mode)
+    with reported_as_user_errors():
+        resolve_dtype(dtype, resolve_device(device))
+    check_output_file(json_path, "--json", (model_dir,))
+    with reported_as_user_errors():
+        names = parse_tasks(tasks)
+        require_lm_eval()
+        return task_manager(names, include), names
