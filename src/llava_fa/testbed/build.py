@@ -1,8 +1,10 @@
-"""Assemble the testbed LLaVA: DINOv2-S/14 tower + MLP projector + SmolLM2-135M-Instruct.
+"""Assemble a testbed LLaVA: DINOv2-S/14 tower + MLP projector + a language model of the table in
+`language_models.py` (SmolLM2-135M-Instruct by default, or Qwen2.5-Coder-0.5B-Instruct).
 
 The result is a standard `LlavaForConditionalGeneration` directory that plain `transformers`
 loads. The projector (and, when trained, a LoRA adapter of the language model, merged here) come
-from the small weight files committed in `testbed/weights/`, produced by `testbed/train.py`.
+from the small weight files committed in `testbed/weights/<language model>/`, produced by
+`testbed/train.py`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from safetensors.torch import load_file
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedModel
 
 from llava_fa import assets
+from llava_fa.testbed.language_models import DEFAULT_LANGUAGE_MODEL, get_language_model, load_language_model
 from llava_fa.testbed.prompt import CHAT_TEMPLATE, IMAGE_TOKEN
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass
@@ -28,8 +29,9 @@ class TestbedConfig:
     image_size: int = 112  # 64x64 easy-VQA images upsampled to 8x8 patches of 14 px: 64 image tokens
     patch_size: int = 14
     vision_feature_layer: int = -1
-    dtype: str = "float32"  # the GGUF Q4_1 weights are exact in float32
+    dtype: str = "float32"  # the GGUF weights dequantize exactly in float32
     seed: int = 0
+    language_model: str = DEFAULT_LANGUAGE_MODEL
 
 
 def build_llava(lm: PreTrainedModel, tokenizer, vision: PreTrainedModel, cfg: TestbedConfig = TestbedConfig()):
@@ -49,8 +51,10 @@ def build_llava(lm: PreTrainedModel, tokenizer, vision: PreTrainedModel, cfg: Te
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(vision.state_dict())
     model.model.language_model.load_state_dict(lm.model.state_dict())
+    if not lm.config.tie_word_embeddings:  # Qwen2.5's GGUF has its own output matrix (Q8_0)
+        model.lm_head.load_state_dict(lm.lm_head.state_dict())
     model.tie_weights()
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(get_language_model(cfg.language_model).eos_token)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, make_processor(tokenizer, cfg)
@@ -73,20 +77,28 @@ def make_processor(tokenizer, cfg: TestbedConfig) -> LlavaProcessor:
 def load_sources(cfg: TestbedConfig = TestbedConfig()):
     """Fetch the pinned assets and load the language model, tokenizer and vision tower."""
     from llava_fa.testbed.dinov2_onnx import convert_onnx_to_dinov2
-    from llava_fa.testbed.smollm2 import load_smollm2
 
-    lm, tokenizer = load_smollm2(assets.smollm2_gguf())
+    lm, tokenizer = load_language_model(get_language_model(cfg.language_model))
     vision = convert_onnx_to_dinov2(assets.dinov2_onnx())
     return lm, tokenizer, vision
 
 
-def apply_trained_weights(model: LlavaForConditionalGeneration, weights_dir: Path = WEIGHTS_DIR) -> dict:
-    """Load the committed projector and merge the LoRA adapter (if any) into the language model."""
+def check_trained_weights(language_model: str, weights_dir: Path | None = None) -> Path:
+    """The folder of the committed weights; FileNotFoundError with the fix when it has no projector."""
+    weights_dir = Path(weights_dir or get_language_model(language_model).weights_dir)
     projector = weights_dir / "projector.safetensors"
     if not projector.exists():
-        raise FileNotFoundError(f"{projector} is missing. Fix: train it with `python -m llava_fa.testbed.train` "
-                                f"or pass --untrained to build with a random projector.")
-    model.model.multi_modal_projector.load_state_dict(load_file(projector))
+        raise FileNotFoundError(
+            f"no trained projector for {language_model}: {projector} is missing. Fix: pass --untrained to build "
+            f"with a random projector, or train one with `python -m llava_fa.testbed.train --language-model "
+            f"{language_model} --out runs/{language_model}` and copy its projector.safetensors and training.json "
+            f"into {weights_dir}/.")
+    return weights_dir
+
+
+def apply_trained_weights(model: LlavaForConditionalGeneration, weights_dir: Path) -> dict:
+    """Load the committed projector and merge the LoRA adapter (if any) into the language model."""
+    model.model.multi_modal_projector.load_state_dict(load_file(weights_dir / "projector.safetensors"))
     lora = weights_dir / "lora.safetensors"
     if lora.exists():
         merge_lora(model, load_file(lora))
@@ -125,8 +137,9 @@ def save_atomic(model, processor, out: Path, dtype: torch.dtype) -> Path:
 
 
 def build_testbed(out: Path, cfg: TestbedConfig = TestbedConfig(), trained: bool = True) -> dict:
+    weights_dir = check_trained_weights(cfg.language_model) if trained else None  # fail before the slow load
     lm, tokenizer, vision = load_sources(cfg)
     model, processor = build_llava(lm, tokenizer, vision, cfg)
-    info = apply_trained_weights(model) if trained else {"projector": "random (untrained)"}
+    info = apply_trained_weights(model, weights_dir) if trained else {"projector": "random (untrained)"}
     save_atomic(model, processor, out, getattr(torch, cfg.dtype))
     return info

@@ -4,9 +4,15 @@ The vision tower and the language model stay frozen; image features are computed
 a GPU (about a minute per epoch on an H100); runs on CPU too, slowly. Reproducible from `--seed`:
 
     python -m llava_fa.testbed.train --out runs/train --epochs 2 --lora-rank 0
+    python -m llava_fa.testbed.train --language-model qwen2.5-0.5b --out runs/t2 --epochs 2
 
 writes `projector.safetensors`, `lora.safetensors` (rank > 0) and `training.json` into --out; copy
-them into `src/llava_fa/testbed/weights/` to make `llava-fa testbed build` use them.
+them into `src/llava_fa/testbed/weights/<language model>/` to make `llava-fa testbed build` use them.
+
+Without internet (no pip, no assets): `--sources DIR` loads the tower and the language model from a
+plain LLaVA folder made by `llava-fa testbed build --untrained --language-model LM [--dtype bfloat16]`
+(weights upcast to float32; the projector is re-initialized from --seed), and `--data DIR` reads
+easy-VQA from DIR (the folder holding answers.txt, train/ and test/).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 
 from llava_fa.testbed import easyvqa
 from llava_fa.testbed.build import TestbedConfig, build_llava, load_sources
+from llava_fa.testbed.language_models import DEFAULT_LANGUAGE_MODEL, LANGUAGE_MODELS, get_language_model
 from llava_fa.testbed.prompt import IMAGE_TOKEN, image_prompt
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -85,14 +92,14 @@ def image_features(model, processor, paths: list[Path], device, batch: int = 256
     return torch.cat(feats)
 
 
-def encode(processor, examples, n_image_tokens: int, with_answer: bool):
-    """Token ids as the processor makes them, plus the answer and <|im_end|> when training."""
+def encode(processor, examples, n_image_tokens: int, with_answer: bool, eos: str = "<|im_end|>"):
+    """Token ids as the processor makes them, plus the answer and the end of turn when training."""
     tok = processor.tokenizer
     rows = []
     for ex in examples:
         prompt = image_prompt(easyvqa.user_text(ex.question)).replace(IMAGE_TOKEN, IMAGE_TOKEN * n_image_tokens)
         ids = tok(prompt)["input_ids"]
-        target = tok(f"{ex.answer}<|im_end|>", add_special_tokens=False)["input_ids"] if with_answer else []
+        target = tok(f"{ex.answer}{eos}", add_special_tokens=False)["input_ids"] if with_answer else []
         rows.append((ids, target))
     return rows
 
@@ -118,9 +125,9 @@ def hidden_states(model, ids, mask, feats):
 
 
 @torch.no_grad()
-def fast_accuracy(model, processor, examples, feats, image_index, device, batch: int = 128) -> float:
+def fast_accuracy(model, processor, examples, feats, image_index, device, batch: int = 128, data=None) -> float:
     """First-token scoring over the 13 answers at the last prompt position (right-padded rows)."""
-    answers = easyvqa.load_answers()
+    answers = easyvqa.load_answers(data)
     first = torch.tensor([processor.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in answers], device=device)
     rows = encode(processor, examples, feats.shape[1], with_answer=False)
     correct = 0
@@ -143,9 +150,9 @@ class CachedFeatures:
     index: dict[str, int]
 
 
-def split_features(model, processor, split: str, examples, device) -> CachedFeatures:
+def split_features(model, processor, split: str, examples, device, data=None) -> CachedFeatures:
     ids = sorted({ex.image_id for ex in examples})
-    feats = image_features(model, processor, [easyvqa.load_split_image_path(split, i) for i in ids], device)
+    feats = image_features(model, processor, [easyvqa.load_split_image_path(split, i, data) for i in ids], device)
     return CachedFeatures(feats, {img: k for k, img in enumerate(ids)})
 
 
@@ -170,7 +177,8 @@ def answer_loss(model, ids, labels, mask, feats, device) -> torch.Tensor:
 
 def train_epochs(model, processor, optim, train_set, features: CachedFeatures, args, device, t0: float) -> list[dict]:
     """The training loop (50 warm-up steps, then cosine decay); returns the logged losses."""
-    rows = encode(processor, train_set, features.feats.shape[1], with_answer=True)
+    rows = encode(processor, train_set, features.feats.shape[1], with_answer=True,
+                  eos=get_language_model(args.language_model).eos_token)
     steps = args.epochs * math.ceil(len(rows) / args.batch_size)
     base_lrs = [g["lr"] for g in optim.param_groups]
     step, history = 0, []
@@ -207,31 +215,69 @@ def save_weights(out: Path, model, wrapped: dict[str, LoRALinear]) -> None:
         save_file(lora_state(wrapped), out / "lora.safetensors")
 
 
+def reset_projector(model, seed: int) -> None:
+    """Weights ~ N(0, initializer_range), zero biases, as a freshly built LLaVA has (not the same draw)."""
+    gen = torch.Generator().manual_seed(seed)
+    std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    for m in model.model.multi_modal_projector.modules():
+        if isinstance(m, nn.Linear):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                m.bias.zero_()
+
+
+def load_model(args):
+    """The LLaVA model (float32) and its processor: built from the pinned assets, or read from --sources."""
+    if not args.sources:
+        lm, tokenizer, vision = load_sources(TestbedConfig(language_model=args.language_model))
+        return build_llava(lm, tokenizer, vision, TestbedConfig(seed=args.seed, language_model=args.language_model))
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    src = Path(args.sources)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"--sources {src} holds no config.json. Fix: pass a folder made by "
+                                f"`llava-fa testbed build --untrained --language-model {args.language_model}`.")
+    model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+    expected = get_language_model(args.language_model).model_type
+    if model.config.text_config.model_type != expected:
+        raise ValueError(f"--sources {src} holds a {model.config.text_config.model_type} language model, not "
+                         f"{args.language_model} ({expected}). Fix: pass the matching --language-model or folder.")
+    reset_projector(model, args.seed)
+    processor = AutoProcessor.from_pretrained(src)
+    # The PIL image processor of the build, whatever transformers picks where torchvision is installed
+    # (its bicubic resize differs from PIL's, and the testbed is evaluated with PIL's).
+    from llava_fa.testbed.dinov2_onnx import dinov2_image_processor
+
+    processor.image_processor = dinov2_image_processor(processor.image_processor.crop_size["height"])
+    return model, processor
+
+
 def train(args) -> dict:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    lm, tokenizer, vision = load_sources()
-    model, processor = build_llava(lm, tokenizer, vision, TestbedConfig(seed=args.seed))
+    model, processor = load_model(args)
     model.to(device).requires_grad_(False)
 
-    train_set, test_set = easyvqa.load_split("train"), easyvqa.load_split("test")
+    data = Path(args.data) if args.data else None
+    train_set, test_set = easyvqa.load_split("train", data), easyvqa.load_split("test", data)
     if args.limit:
         train_set, test_set = train_set[: args.limit], test_set[: args.limit]
     t0 = time.time()
-    train_feats = split_features(model, processor, "train", train_set, device)
-    test_feats = split_features(model, processor, "test", test_set, device)
+    train_feats = split_features(model, processor, "train", train_set, device, data)
+    test_feats = split_features(model, processor, "test", test_set, device, data)
     print(f"image features: {len(train_feats.index)} train + {len(test_feats.index)} test images in "
           f"{time.time() - t0:.1f}s", flush=True)
 
     optim, wrapped = make_optimizer(model, args)
     history = train_epochs(model, processor, optim, train_set, train_feats, args, device, t0)
-    acc = fast_accuracy(model, processor, test_set, test_feats.feats, test_feats.index, device)
+    acc = fast_accuracy(model, processor, test_set, test_feats.feats, test_feats.index, device, data=data)
     print(f"easy-VQA test accuracy (fast mode, {len(test_set)} questions): {acc:.4f}", flush=True)
 
     out = Path(args.out)
     save_weights(out, model, wrapped)
-    info = {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+    info = {"language_model": args.language_model, "sources": "folder" if args.sources else "assets",
+            "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_lr": args.lora_lr,
             "train_questions": len(train_set), "test_questions": len(test_set),
             "test_accuracy_fast": acc, "seconds": round(time.time() - t0, 1), "device": str(device),
@@ -243,6 +289,9 @@ def train(args) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
+    p.add_argument("--language-model", default=DEFAULT_LANGUAGE_MODEL, choices=list(LANGUAGE_MODELS))
+    p.add_argument("--sources", default="", help="a LLaVA folder (`llava-fa testbed build --untrained`) instead of the assets")
+    p.add_argument("--data", default="", help="the easy-VQA data folder (answers.txt, train/, test/) instead of the asset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
