@@ -18,15 +18,18 @@ from llava_fa.quantizers import AffineSpec, quantize_grouped
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-# (out, in, group_size, tokens): ragged tiles, in_features not a multiple of 8, one group per row
-SHAPES = [(70, 96, 32, 1), (64, 128, 128, 3), (33, 36, 12, 20), (130, 192, -1, 17)]
+# (out, in, group_size, tokens): ragged tiles, in_features not a multiple of 8, one group per row,
+# and group sizes that do not divide the width (a shorter last group: 100 = 3 x 32 + 4, 72 = 48 + 24)
+SHAPES = [(70, 96, 32, 1), (64, 128, 128, 3), (33, 36, 12, 20), (130, 192, -1, 17), (40, 100, 32, 5),
+          (24, 72, 48, 2)]
 
 
 def make_layer(out_f, in_f, bits, group_size, sym, device="cpu"):
     torch.manual_seed(bits * 100 + out_f)
     w = torch.randn(out_f, in_f)
     codes, scale, zero = quantize_grouped(w, AffineSpec(bits, group_size, sym))
-    layer = AffineLinear.from_codes(codes, scale, zero, bits=bits, sym=sym, bias=torch.randn(out_f))
+    layer = AffineLinear.from_codes(codes, scale, zero, bits=bits, sym=sym, bias=torch.randn(out_f),
+                                    group_size=group_size)
     return layer.to(device)
 
 

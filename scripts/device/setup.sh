@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Source this on a lent GPU after the four parts of the asset bundle (.carry/p0..p3, made by
-# scripts/device/make_bundle.sh: the three
-# pinned wheels plus transformers/gguf wheels) have arrived, one per call, in /tmp/parts.
+# Source this on a lent GPU after the parts of the asset bundle (.carry/pNN listed in
+# .carry/bundle.parts, made by scripts/device/make_bundle.sh: the pinned wheels plus the
+# transformers/gguf wheels) have arrived, one per call, in /tmp/parts.
 # It unpacks them once, installs the two wheels into /tmp/site and sets the environment.
 set -euo pipefail
 if [ ! -f /tmp/w/.ready ]; then
-  cat /tmp/parts/p0 /tmp/parts/p1 /tmp/parts/p2 /tmp/parts/p3 > /tmp/bundle.tar
+  # shellcheck disable=SC2046
+  cat $(sed 's|^|/tmp/parts/|' .carry/bundle.parts) > /tmp/bundle.tar
   echo "$(cut -d' ' -f1 .carry/bundle.sha256)  /tmp/bundle.tar" | sha256sum -c -
   mkdir -p /tmp/w && tar xf /tmp/bundle.tar -C /tmp/w
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/w/whl/*.whl
