@@ -93,6 +93,7 @@ def compress(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the full per-layer table, not the summary."),
 ) -> None:
     """Compress the language decoder's linear layers (and optionally vision tower / projector)."""
+    from llava_fa.pipeline.distributed import launched_rank
     from llava_fa.runtime import quiet_transformers
 
     rec = build_recipe(recipe, method, dict(bits=bits, group_size=group_size, sym=sym, damp=damp,
@@ -100,11 +101,13 @@ def compress(
                        vision, projector, calib, nsamples, seqlen, seed)
     dev = check_compress_inputs(model, rec, out, device, dtype, overwrite, work_dir, report_json)
     quiet_transformers()
-    err = Console(stderr=True, quiet=quiet, soft_wrap=True)  # messages stay one line (greppable logs)
+    writer = launched_rank() == 0  # under torchrun, rank 0 alone prints and writes
+    err = Console(stderr=True, quiet=quiet or not writer, soft_wrap=True)  # messages stay one line (greppable logs)
     err.print(f"compressing {model} with {rec.method} on {dev}")
     report = run_with_progress(err, model, rec, out, device=str(dev), dtype=dtype, work_dir=work_dir,
                                restart=restart, overwrite=overwrite)
-    write_reports(err, report, out, report_json, verbose)
+    if writer:
+        write_reports(err, report, out, report_json, verbose)
 
 
 def write_reports(err: Console, report: dict, out: Path, report_json: Optional[Path], verbose: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.methods.base import Method, MethodConfig, build_config, get_method
+from llava_fa.pipeline.distributed import barrier, init_world
 from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
 from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
 from llava_fa.pipeline.sequential import compress_model, image_token_id
@@ -39,10 +40,14 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report.
 
     Progress: `on_layers(n)` once the n selected layers are known, `on_row` after each layer,
-    `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way."""
+    `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way.
+    Under torchrun every rank calls it alike (distributed.py); rank 0 alone reports and writes."""
     from llava_fa.io.checkpoint import check_model_folder, quantization_config, read_config, save_compressed
 
-    info = on_info or _silent
+    world, device = init_world(device)
+    info = on_info if on_info and world.writer else _silent
+    if not world.writer:
+        on_block = on_row = on_layers = None
     path = resolve_model_path(model_path)
     # Everything that can be checked without loading the model, before any work or output.
     method, config = check_options(recipe, out, overwrite, model_path=path, work_dir=work_dir)
@@ -62,22 +67,26 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     work_dir = Path(work_dir) if work_dir is not None else Path(out).parent / f".{Path(out).name}.work"
     fingerprint = make_fingerprint(str(path.resolve()), read_config(path), recipe.to_dict(), config.to_dict(), names,
                                    WORK_DIR_VERSION)
-    resumed = prepare_work_dir(work_dir, fingerprint, restart)
+    resumed = prepare_work_dir(work_dir, fingerprint, restart) if world.writer else False
+    barrier(world)  # the other ranks read the work dir rank 0 prepared
     if resumed:
         info(f"resuming from {work_dir}: {finished_blocks(work_dir)} finished block(s) will be loaded, not recomputed")
     try:
         rows = compress_model(model, method, names, samples, device=device, work_dir=work_dir,
-                              fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks)
+                              fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks, world=world)
     except BaseException:
-        drop_if_empty(work_dir, resumed)
+        if world.writer:
+            drop_if_empty(work_dir, resumed)
         raise
     report = {"model": str(path), "method": recipe.method, "method_config": config.to_dict(),
               "targets": targets, "ignore": ignore, "calibration": described, "device": str(device),
               "layers": [r.to_dict() for r in rows], "summary": summarize(rows),
               "wall_seconds": time.perf_counter() - t0}
-    qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
-    save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if world.writer:
+        qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
+        save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    barrier(world)
     return report
 
 

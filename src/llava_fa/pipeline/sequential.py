@@ -36,6 +36,7 @@ from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
 from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
 from llava_fa.pipeline.devices import device_of, move_except, on_device, to_device
+from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
 from llava_fa.pipeline.workdir import WorkDir
@@ -60,6 +61,7 @@ class CompressionRun:
     work: WorkDir
     on_block: Callable[[int, int, str], None] | None = None
     on_row: Callable[[LayerReport], None] | None = None
+    world: World = SINGLE  # the ranks of a distributed run (distributed.py)
     rows: list[LayerReport] = field(default_factory=list)
     finished: int = 0
 
@@ -85,15 +87,16 @@ class OpenBlock:
 def compress_model(model: nn.Module, method: Method, names: list[str], samples: list[dict], *,
                    device: str | torch.device = "cpu", work_dir: Path | None = None, fingerprint: str = "",
                    on_block: Callable[[int, int, str], None] | None = None,
-                   on_row: Callable[[LayerReport], None] | None = None, plan: Plan | None = None
-                   ) -> list[LayerReport]:
+                   on_row: Callable[[LayerReport], None] | None = None, plan: Plan | None = None,
+                   world: World = SINGLE) -> list[LayerReport]:
     """Compress the linear layers `names` of `model` in place; return one report row per layer.
 
     `samples`: calibration inputs (batch-1 dicts), may be empty for methods that need no
     statistics. `work_dir`: per-block shards; blocks found there (written under the same
     `fingerprint`) are loaded instead of recomputed. `on_block(done, total, label)` and
     `on_row(report)` (once per layer, when its block is finished) report progress. `plan`: the
-    plan of `names` if the caller made it already (its targets are not checked again).
+    plan of `names` if the caller made it already (its targets are not checked again). `world`: the
+    ranks of a distributed run (distributed.py); every rank calls this with the same arguments.
     """
     # A coarsely quantized layer can feed denormal floats to the next ones, and x86 CPUs process
     # those ~5x slower (measured: testbed, rtn 3-bit, 130 s -> 27 s). Values below 1e-38 carry no
@@ -105,7 +108,7 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
         elif list(plan.names) != list(names):
             raise ValueError("compress_model: the plan was made for other layers than `names`")
         return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
-                               on_block, on_row)
+                               on_block, on_row, world)
     finally:
         if flushing:
             torch.set_flush_denormal(False)
@@ -113,12 +116,13 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
 
 @torch.no_grad()
 def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[dict], device: torch.device,
-                    work_dir: Path | None, fingerprint: str, on_block, on_row) -> list[LayerReport]:
+                    work_dir: Path | None, fingerprint: str, on_block, on_row, world: World) -> list[LayerReport]:
     check_calibration(model, method, plan, samples)
     run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device,
                          home=next(model.get_submodule(plan.parts.layers)[0].parameters()).device,
                          dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
-                         work=WorkDir(work_dir, fingerprint), on_block=on_block, on_row=on_row)
+                         work=WorkDir(work_dir, fingerprint, writer=world.writer), on_block=on_block, on_row=on_row,
+                         world=world)
     inputs = compress_pre(run)
     for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
         compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
@@ -223,14 +227,21 @@ def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ..
         for name, module in modules.items():
             set_module(run.model, name, module.to(device_of(run.model.get_submodule(name))))
         return OpenBlock(block, label, modules, rows, meter=None, loaded=True)
-    experts = BlockExperts(run.model, names)  # MoE expert linears among the targets (none: no effect)
-    stats = collect_block_stats(run, names, feed, experts) if run.method.needs and run.samples else {}
+    owners = assign_owners(run.model, names, run.world)
+    mine = tuple(n for n in names if owners[n] == run.world.rank)  # all of them in a single process
+    experts = BlockExperts(run.model, mine)  # MoE expert linears among the targets (none: no effect)
+    stats = collect_block_stats(run, mine, feed, experts) if run.method.needs and run.samples else {}
     experts.pool_starved(stats)  # experts routed too few tokens take their module's pooled statistics
+    done = {}
+    for name in mine:
+        compressed, seconds = compress_linear(run, name, stats.pop(name, None))  # pop: X^T X freed once used
+        done[name] = (compressed, {"seconds": seconds, **experts.row_fields(name)})
+    done = share_block(run.world, names, owners, done, run.device)
     meter = ActivationErrorMeter() if run.samples else None
     modules, rows = {}, []
     for name in names:
-        modules[name], row = compress_linear(run, block, name, stats.pop(name, None), meter)
-        rows.append(replace(row, **experts.row_fields(name)))  # stats.pop above frees X^T X once used
+        modules[name] = done[name][0]
+        rows.append(install(run, block, name, *done[name], meter))
     return OpenBlock(block, label, modules, rows, meter)
 
 
@@ -246,24 +257,27 @@ def collect_block_stats(run: CompressionRun, names: tuple[str, ...], feed: Feed,
     return collector.stats
 
 
-def compress_linear(run: CompressionRun, block: str, name: str, stats: LayerStats | None,
-                    meter: ActivationErrorMeter | None) -> tuple[CompressedLinear, LayerReport]:
-    """Compress one linear layer and swap it into the model (the meter keeps W until it measured it)."""
+def compress_linear(run: CompressionRun, name: str, stats: LayerStats | None) -> tuple[CompressedLinear, float]:
+    """One linear layer compressed (not yet swapped into the model), and the seconds it took."""
     dense = run.model.get_submodule(name)
     if stats is not None and stats.count() == 0:
         raise DataError(f"{name} saw no calibration tokens; for vision/projector targets use image samples "
                         f"(--calib easyvqa or mixed)")
     t0 = time.perf_counter()
     compressed = run.method.compress(dense.weight.data, stats, None if dense.bias is None else dense.bias.data)
-    seconds = time.perf_counter() - t0
-    compressed = compressed.to(dense.weight.device)
-    weight = dense.weight.detach().float()
+    return compressed.to(dense.weight.device), time.perf_counter() - t0
+
+
+def install(run: CompressionRun, block: str, name: str, compressed: CompressedLinear, fields: dict,
+            meter: ActivationErrorMeter | None) -> LayerReport:
+    """Swap a compressed layer into the model and report it (the meter keeps W until it measured it)."""
+    weight = run.model.get_submodule(name).weight.detach().float()
     diff = weight - compressed.dequantize(torch.float32).to(weight.device)
-    row = report_row(name, block, run.method.name, weight, diff, compressed, seconds)
+    row = report_row(name, block, run.method.name, weight, diff, compressed, fields["seconds"])
     if meter is not None:
         meter.track(name, compressed, weight, diff)
     set_module(run.model, name, compressed)
-    return compressed, row
+    return replace(row, **{k: v for k, v in fields.items() if k != "seconds"})
 
 
 def measuring(block: OpenBlock | None) -> contextlib.AbstractContextManager:

@@ -26,11 +26,13 @@ STATE = "state.json"
 
 class WorkDir:
     """Per-block shards: `<block>.safetensors` (the compressed modules) then `<block>.json`, whose
-    presence marks the block finished. Both are written atomically. `path` None: keep nothing."""
+    presence marks the block finished. Both are written atomically. `path` None: keep nothing.
+    `writer` False (the other ranks of a distributed run): read finished shards, never write."""
 
-    def __init__(self, path: Path | None, fingerprint: str):
+    def __init__(self, path: Path | None, fingerprint: str, writer: bool = True):
         self.path = Path(path) if path is not None else None
-        if self.path is None:
+        self.writer = writer
+        if self.path is None or not writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         state = self.path / STATE
@@ -57,7 +59,7 @@ class WorkDir:
             return False
 
     def save(self, block: str, modules: dict[str, CompressedLinear], rows: list[LayerReport]) -> None:
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         tensors = {f"{n}.{k}": t.detach().cpu().contiguous()
                    for n, m in modules.items() for k, t in m.state_dict().items()}

@@ -1,0 +1,136 @@
+"""Compression spread over the processes of torch.distributed:
+`torchrun --nproc-per-node N -m llava_fa compress ...` (NCCL on GPUs, one per rank; gloo on CPU).
+
+Every rank runs the same passes over the calibration inputs (the captured layer inputs, the
+compressed layers' outputs: identical on every rank). Per block, each rank collects statistics for
+and compresses only the modules it owns; each compressed module is then broadcast from its owner,
+so every rank holds the whole compressed block before the pass that follows. A module's statistics
+are thus computed by one rank, over all samples, in the order a single process uses: the checkpoint
+is bit-identical to a run in one process. (Splitting the samples across ranks and all-reducing
+partial sums would change the floating-point summation order, hence the stored codes.) What the
+ranks share is the method's work (GPTQ's column loop, LLaVA-FA's fit, the Hessians in memory), by
+far the larger part of the time on large layers.
+
+Owners are assigned per block by weight count, largest first to the least loaded rank; the expert
+linears of one MoE experts module go to one rank together (a starved expert takes the statistics
+pooled over its module's experts). Rank 0 alone writes the work dir, prints and saves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from llava_fa.formats import CompressedLinear
+from llava_fa.io.modules import build_module, module_entry
+from llava_fa.pipeline.report import LayerReport
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def writer(self) -> bool:
+        """The rank that writes files and prints."""
+        return self.rank == 0
+
+
+SINGLE = World()
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_world(device: str) -> tuple[World, str]:
+    """The process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR/PORT), joined once; and this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return SINGLE, device
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def assign_owners(model: nn.Module, names: tuple[str, ...], world: World) -> dict[str, int]:
+    """name -> the rank that compresses it (rank 0 for everything in a single process)."""
+    if not world.active:
+        return {name: 0 for name in names}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(experts_group(model, name), []).append(name)
+    size = {key: sum(_weights(model, n) for n in members) for key, members in groups.items()}
+    loads, owners = [0] * world.size, {}
+    for key in sorted(groups, key=lambda k: -size[k]):  # stable: ties keep module order
+        rank = loads.index(min(loads))
+        loads[rank] += size[key]
+        owners.update({n: rank for n in groups[key]})
+    return owners
+
+
+def experts_group(model: nn.Module, name: str) -> str:
+    """The MoE experts module an expert linear ("<experts>.<proj>.<e>") belongs to, else the name."""
+    from llava_fa.formats.experts import LinearExperts
+
+    parent = name.rsplit(".", 2)[0]
+    try:
+        return parent if isinstance(model.get_submodule(parent), LinearExperts) else name
+    except AttributeError:
+        return name
+
+
+def _weights(model: nn.Module, name: str) -> int:
+    module = model.get_submodule(name)
+    return module.in_features * module.out_features
+
+
+def share_block(world: World, names: tuple[str, ...], owners: dict[str, int],
+                done: dict[str, tuple[CompressedLinear, LayerReport]], device: torch.device
+                ) -> dict[str, tuple[CompressedLinear, LayerReport]]:
+    """Every module of the block on every rank: each one broadcast from its owner, in module order."""
+    if not world.active:
+        return done
+    import torch.distributed as dist
+
+    shared = {}
+    for name in names:
+        payload: list[Any] = [None]
+        if owners[name] == world.rank:
+            module, row = done[name]
+            state = {k: t.detach().cpu() for k, t in module.state_dict().items()}
+            payload = [(module_entry(module), state, row)]
+        dist.broadcast_object_list(payload, src=owners[name], device=device if device.type == "cuda" else None)
+        if owners[name] == world.rank:
+            shared[name] = done[name]
+            continue
+        entry, state, row = payload[0]
+        module = build_module(name, entry)
+        module.load_state_dict(state)
+        shared[name] = (module.to(device), row)
+    return shared

@@ -1,0 +1,68 @@
+"""Distributed compression (pipeline/distributed.py): `torchrun --nproc-per-node 2 -m llava_fa compress`
+on CPU (gloo) stores exactly the tensors a single process stores, for a dense VLM and an MoE model
+(whose expert linears stay together on one rank)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import compress_fixtures as F
+import test_moe
+from llava_fa.pipeline.distributed import SINGLE, World, assign_owners
+from test_reproducible import tensor_digests
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARGS = {"gptq": ["--method", "gptq", "--bits", "3", "--act-order"],
+        "fa": ["--method", "fa", "-O", "odc=calibrated", "-O", "rank=4", "-O", "iters=2"]}
+
+
+def compress(dense, out, method: str, processes: int) -> subprocess.CompletedProcess:
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port",
+               str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable])
+    cmd = [*launch, "-m", "llava_fa", "compress", str(dense), *ARGS[method], "--nsamples", "4", "--seqlen", "32",
+           "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def moe_dir(path):
+    model = test_moe.qwen3_moe()
+    model.save_pretrained(path)
+    F.tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method,build", [("gptq", F.save_llava_dir), ("fa", moe_dir)])
+def test_two_gloo_ranks_store_the_tensors_of_one_process(tmp_path, method, build):
+    dense = build(tmp_path / "dense")
+    one = compress(dense, tmp_path / "one", method, 1)
+    two = compress(dense, tmp_path / "two", method, 2)
+    digests = tensor_digests(tmp_path / "one")
+    assert digests and digests == tensor_digests(tmp_path / "two")
+    assert two.stderr.count("wrote ") == 1 and one.stderr.count("wrote ") == 1  # rank 0 alone reports
+
+
+def test_owners_balance_weights_and_keep_experts_together():
+    from llava_fa.formats import unfuse_experts
+    from llava_fa.selection import default_patterns, find_parts, select
+
+    model = test_moe.qwen3_moe()
+    names = select(model, *default_patterns(find_parts(model)))
+    unfuse_experts(model, names)
+    layer = tuple(n for n in names if ".layers.0." in n)
+    owners = assign_owners(model, layer, World(rank=0, size=2))
+    assert set(owners.values()) == {0, 1}
+    experts = {owners[n] for n in layer if ".experts." in n}
+    assert len(experts) == 1  # one experts module: one rank
+    loads = [sum(model.get_submodule(n).weight.numel() for n in layer if owners[n] == r) for r in (0, 1)]
+    assert min(loads) > 0
+    assert assign_owners(model, layer, SINGLE) == {n: 0 for n in layer}
+    assert torch.is_tensor(model.get_submodule(layer[0]).weight)
