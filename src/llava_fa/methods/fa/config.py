@@ -48,6 +48,13 @@ class FAConfig(MethodConfig):
     odc_rows: bool = option(False, "also row scales r_i = rowRMS_i^-alpha (of the column-scaled weight)")
     modality: Literal["all", "text", "image"] = option("all", "tokens whose statistics calibrated ODC uses")
     iters: int = option(5, "alternations of low-rank fit and quantization (joint only), >= 1; the best is kept")
+    # Randomized: the top `rank` triplets only, each alternation warm-started from the last right
+    # factor; within 1% of the exact fit's error on real layers (docs/results/fa_speed_cpu.md).
+    svd: Literal["randomized", "exact"] = option(
+        "randomized", "SVD of the low-rank step: randomized (range finder over rank + max(12, rank/2) probes "
+                      "with power iterations, warm-started between alternations; exact SVD where the rank is near full) "
+                      "or exact (full SVD, then truncated)")
+    svd_power_iters: int = option(3, "power iterations of the randomized SVD, >= 0 (more: closer to exact, slower)")
     bpw: float | None = option(None, "target bits per weight, every stored bit counted: chooses the rank and "
                                      "lowers the code bits if even rank 0 does not fit (methods/fa/budget.py)")
 
@@ -66,6 +73,10 @@ class FAConfig(MethodConfig):
             raise ConfigError(f"fa: --group-size must be positive or -1 (one group per row), got {self.group_size}")
         if self.iters < 1:
             raise ConfigError(f"fa: --iters must be at least 1, got {self.iters}")
+        if self.svd not in ("randomized", "exact"):
+            raise ConfigError(f"fa: --svd must be randomized or exact, got {self.svd!r}")
+        if self.svd_power_iters < 0:
+            raise ConfigError(f"fa: --svd-power-iters must be >= 0, got {self.svd_power_iters}")
         if not 0 <= self.odc_alpha <= 2:
             raise ConfigError(f"fa: --odc-alpha must be in [0, 2], got {self.odc_alpha}")
         if self.odc_rows and self.odc == "off":

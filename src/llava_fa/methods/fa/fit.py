@@ -3,9 +3,10 @@
 On the spectrum S of W_s (the ODC-scaled weight):
     L <- FourierSVD_r(S - Q)      (factors stored, float16 or quantized: L is their dequantized product)
     Q <- quantize(S - L)           (PolarQuant / cartesian / real codes of the stored entries)
-starting from Q = 0. Each iterate is encoded into the layer's buffers and its error is measured on
-the stored form, in the weight domain: ||W_s - inverse(L + Q)||_F (the weighted error; no reliance
-on Parseval bookkeeping). Scales are refitted at every step, so the error need not fall
+starting from Q = 0. The SVD is exact or randomized (lowrank.py); the randomized one starts each
+alternation from the previous one's right basis, the subspace it has to find again. Each iterate is
+encoded into the layer's buffers and its error is measured on the stored form, in the weight
+domain: ||W_s - inverse(L + Q)||_F (the weighted error; no reliance on Parseval bookkeeping). Scales are refitted at every step, so the error need not fall
 monotonically: the best iterate is kept, and `history` lists every iterate's error.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from llava_fa.formats.fourier import FourierLinear
-from llava_fa.methods.fa.lowrank import fourier_svd
+from llava_fa.methods.fa.lowrank import WarmSVD
 from llava_fa.transforms import fourier as ft
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class FitResult:
 @torch.no_grad()
 def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None = None,
               rows: torch.Tensor | None = None, iters: int = 5, bias: torch.Tensor | None = None,
-              scale_search: bool = True) -> FitResult:
+              scale_search: bool = True, svd: str = "randomized", power_iters: int = 3) -> FitResult:
     m, n = W.shape
     mode, rank, codes = params["transform"], params["rank"], params["codes"]
     layer = FourierLinear(n, m, bias is not None, **params).to(W.device)
@@ -45,11 +46,12 @@ def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None
     colw = None if mode == "none" else ft.column_weights(m, n, mode, W.device)
     result = FitResult(layer)
     best_state = None
+    lowrank_fit = WarmSVD(colw, svd, power_iters)
     Q = None
     for step in range(iters if (rank and codes) else 1):
         L = None
         if rank:
-            A, B = fourier_svd(S if Q is None else S - Q, rank, colw)
+            A, B = lowrank_fit(S if Q is None else S - Q, rank)
             layer.set_lowrank(A, B, scale_search)
             L = layer.lowrank_grid()
         if codes:

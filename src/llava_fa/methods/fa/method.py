@@ -43,7 +43,7 @@ class FA(Method):
         W = weight.detach().float()
         cols = column_scales(W, c.odc, c.odc_alpha, stats, c.modality)
         rows = row_scales(W if cols is None else W * cols, c.odc_alpha) if c.odc_rows else None
-        result = fit_layer(W, params, cols, rows, c.iters, bias, c.scale_search)
+        result = fit_layer(W, params, cols, rows, c.iters, bias, c.scale_search, c.svd, c.svd_power_iters)
         # Per-iteration weighted errors, for reports (a plain attribute: not stored).
         result.layer.fit_history = result.history
         return result.layer
