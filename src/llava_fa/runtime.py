@@ -51,3 +51,16 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def environment() -> dict:
+    """What a figure was measured with: library versions, threads, processor (records carry it, so
+    that two runs that disagree can be traced to what differs between them)."""
+    import platform
+
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

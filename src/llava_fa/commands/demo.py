@@ -69,7 +69,7 @@ def demo(
     from llava_fa.methods import build_config
     from llava_fa.commands.compress import run_with_progress
     from llava_fa.recipe import Recipe
-    from llava_fa.runtime import resolve_device
+    from llava_fa.runtime import environment, resolve_device
 
     err = Console(stderr=True)
     options = dict(DEFAULT_OPTIONS.get(method, {}))
@@ -98,7 +98,8 @@ def demo(
     comp = evaluate(out, reference=testbed, **common)
     Console().print(comparison_table(base, comp, report))
     if json_path is not None:
-        write_json_atomic(json_path, {"uncompressed": base, "compressed": comp, "report": report})
+        write_json_atomic(json_path, {"uncompressed": base, "compressed": comp, "report": report,
+                                      "environment": environment()})
 
 
 def reusable_report(out: Path, method: str, testbed: Path) -> dict | None:
