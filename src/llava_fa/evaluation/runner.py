@@ -54,7 +54,7 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     perplexity); vqa_mode: "fast", "generate" or "both"; fidelity uses the first
     min(limit, fidelity_prompts) questions. Text-only models skip VQA and measure fidelity on
     WikiText paragraphs. forward_mode: how the evaluated model's compressed layers run (see
-    `layers.set_forward_mode`; default: their own, "cached"); the reference is never changed.
+    `layers.set_forward_mode`; default: their own, "auto"); the reference is never changed.
     device and dtype: see `llava_fa.runtime` ("auto" dtype: float32 on CPU, the stored one on CUDA).
     announce: given, it receives one line before the metrics run: what will be measured (windows,
     questions, prompts) and an estimate of the time from one timed forward.

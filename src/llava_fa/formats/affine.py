@@ -8,7 +8,8 @@ divide the width the last group is shorter, as compressed-tensors stores it):
   bits per weight or the rounding the method optimized against);
 - `qzeros` uint8 (ceil(out*G/8)*b,): zero points packed as one stream (absent when `sym`).
 
-Forward modes: "cached" and "dequant" as for every format (formats/base.py), and "fused": one Triton
+Forward modes: "auto", "cached" and "dequant" as for every format (formats/base.py; "auto" tries the
+fused kernel first), and "fused": one Triton
 kernel unpacks each tile of codes and multiplies it (`kernels/affine_matmul.py`), so W is never
 formed; where Triton cannot run (CPU tensors, CPU builds of torch) "fused" computes what "dequant"
 does, which keeps the same memory promise.
@@ -93,4 +94,5 @@ def gemlite_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
 # same memory promise, computed without the kernel. "gemlite" (where installed) falls back to "fused".
 _FUSED = (Backend(fused_forward, lambda layer, x: affine_matmul.available(x)), Backend(dequant_forward))
 AffineLinear.backends = {**CompressedLinear.backends, "fused": _FUSED,
+                         "auto": (_FUSED[0], *CompressedLinear.backends["auto"]),
                          "gemlite": (Backend(gemlite_forward, gemlite_affine.available), *_FUSED)}

@@ -71,7 +71,7 @@ class CompressedLinear(nn.Module):
         return tuple(self.backends)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = getattr(self, "forward_mode", "cached")
+        mode = getattr(self, "forward_mode", DEFAULT_MODE)
         candidates = self.backends.get(mode)
         if candidates is None:
             raise ValueError(f"forward_mode must be one of {', '.join(self.forward_modes)}, got {mode!r}")
@@ -102,6 +102,10 @@ def _always(layer: CompressedLinear, x: torch.Tensor) -> bool:
     return True
 
 
+def on_cuda(layer: CompressedLinear, x: torch.Tensor) -> bool:
+    return x.is_cuda
+
+
 @dataclass(frozen=True)
 class Backend:
     """One way to compute y = x W^T + b for a format from its stored tensors."""
@@ -130,8 +134,13 @@ def cached_forward(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, cache[key], layer_bias(layer, x))
 
 
-# Every format runs these two; formats extend the table with their own modes.
-CompressedLinear.backends = {"cached": (Backend(cached_forward),), "dequant": (Backend(dequant_forward),)}
+# Every format runs these; formats extend the table with their own modes. "auto", the default, keeps
+# a model compressed in GPU memory (no dense copy: the weight is rebuilt per call, or a format's
+# kernel never forms it) and caches the dense weight on CPU, where memory is plentiful and the
+# per-call rebuild would dominate. A format puts its kernel first in its own "auto".
+DEFAULT_MODE = "auto"
+CompressedLinear.backends = {"auto": (Backend(dequant_forward, on_cuda), Backend(cached_forward)),
+                             "cached": (Backend(cached_forward),), "dequant": (Backend(dequant_forward),)}
 
 
 def set_forward_mode(model: nn.Module, mode: str) -> int:
@@ -148,7 +157,7 @@ def set_forward_mode(model: nn.Module, mode: str) -> int:
         name, m = unsupported[0]
         raise ConfigError(f"forward mode {mode!r} is not available for {len(unsupported)} of the {len(layers)} "
                           f"compressed layers (e.g. {name}, format {m.format!r}, modes: {', '.join(m.forward_modes)}). "
-                          "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
+                          "Fix: pick a mode those layers have ('auto', 'cached' and 'dequant' work everywhere).")
     for _, m in layers:
         m.forward_mode = mode
         m.__dict__.get("_cache", {}).clear()

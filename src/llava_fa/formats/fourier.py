@@ -25,7 +25,8 @@ Encoding: `set_codes` quantizes a target grid, `from_codes` builds a layer of co
 itself (fa-gptq); both store through `store_codes` (the buffers' shapes: formats/fourier_layout.py).
 
 Forward passes (attribute `forward_mode`, a runtime choice, not stored; the format's backends table):
-- "cached" (default) and "dequant": as for every format (formats/base.py); "cached" rebuilds the
+- "auto" (default: "dequant" on CUDA, "cached" on CPU), "cached" and "dequant": as for every format
+  (formats/base.py); "cached" rebuilds the
   dense weight once per device/dtype and keeps it as a plain attribute
   (not in the state_dict; dropped on load_state_dict and on .to()).
 - "spectral" (`spectral_forward`): never forms W. With X = rfft(x / c) (fft for fft2), y = Re(ifft_m(conj(X) Q_w^T +
@@ -80,7 +81,6 @@ class FourierLinear(CompressedLinear):
         self.layout = Layout(out_features, in_features, self._params)
         for name, (shape, dtype) in self.layout.buffers().items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
-        self.forward_mode = "cached"
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)

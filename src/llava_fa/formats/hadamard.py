@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from llava_fa.formats.affine import AffineLinear
+from llava_fa.formats.base import CompressedLinear
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers import pack, packed_width, unpack
 from llava_fa.transforms.hadamard import hadamard_block, unrotate_weight
@@ -49,3 +50,8 @@ class HadamardLinear(AffineLinear):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return unrotate_weight(self.rotated_weight(), self.sign_vector(), self.block).to(dtype)
+
+
+# The affine kernels multiply by the stored (rotated) codes and would need the activations rotated
+# first; until a backend does that, this format runs the modes of every format, through dequantize().
+HadamardLinear.backends = dict(CompressedLinear.backends)

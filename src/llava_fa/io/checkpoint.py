@@ -158,7 +158,7 @@ def check_forward_mode(path: Path, mode: str) -> None:
         name, cls = unsupported[0]
         raise ConfigError(f"forward mode {mode!r} is not available for {len(unsupported)} of the {len(modules)} "
                           f"compressed layers (e.g. {name}, format {cls.format!r}, modes: {', '.join(cls.backends)}). "
-                          "Fix: pick a mode those layers have ('cached' and 'dequant' work everywhere).")
+                          "Fix: pick a mode those layers have ('auto', 'cached' and 'dequant' work everywhere).")
 
 
 def model_class(config: dict[str, Any]):
