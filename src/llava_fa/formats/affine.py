@@ -90,9 +90,15 @@ def gemlite_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
     return y if layer.bias is None else y + layer.bias.to(y.dtype)
 
 
+def _half_on_triton(layer: AffineLinear, x: torch.Tensor) -> bool:
+    """The default mode uses the kernel for float16/bfloat16 activations; float32 ones (TF32 inside
+    the kernel's dot) keep the dequantized weight's full precision."""
+    return x.dtype in (torch.float16, torch.bfloat16) and affine_matmul.available(x)
+
+
 # "fused" falls back to "dequant" where Triton cannot run (CPU tensors, CPU builds of torch): the
 # same memory promise, computed without the kernel. "gemlite" (where installed) falls back to "fused".
 _FUSED = (Backend(fused_forward, lambda layer, x: affine_matmul.available(x)), Backend(dequant_forward))
 AffineLinear.backends = {**CompressedLinear.backends, "fused": _FUSED,
-                         "auto": (_FUSED[0], *CompressedLinear.backends["auto"]),
+                         "auto": (Backend(fused_forward, _half_on_triton), *CompressedLinear.backends["auto"]),
                          "gemlite": (Backend(gemlite_forward, gemlite_affine.available), *_FUSED)}

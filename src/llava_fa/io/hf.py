@@ -105,10 +105,11 @@ class LlavaFAHfQuantizer(HfQuantizer):
         install_modules(model, self.quantization_config)
         return model
 
-    def update_weight_conversions(self, weight_conversions, model):
-        """transformers >= 5.24 only (earlier versions never call it)."""
-        kept = without_fused_expert_converters(weight_conversions, model)
-        return super().update_weight_conversions(kept, model)
+    def update_weight_conversions(self, weight_conversions, *args, **kwargs):
+        """transformers 5.24 passes the model (5.17 does not, and has no conversion to drop)."""
+        model = args[0] if args else kwargs.get("model")
+        kept = weight_conversions if model is None else without_fused_expert_converters(weight_conversions, model)
+        return super().update_weight_conversions(kept, *args, **kwargs)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         check_loaded(model, self.quantization_config)
