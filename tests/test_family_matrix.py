@@ -115,7 +115,7 @@ def test_sab_binarized_model_is_finite_and_reloads_as_compressed(tmp_path, famil
     torch.testing.assert_close(logits(loaded, probe), compressed)
 
 
-VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3")
+VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", *V.FAMILIES)  # every image-text family here
 # Group size 24 divides none of the tiny towers' widths (32, 64, 128): every vision and projector
 # linear keeps a shorter last group, as Qwen2.5-VL's 3420-wide MLP does at 128 (formats/affine.py).
 RAGGED = {"rtn": {"bits": 8, "group_size": 24}, "gptq": {"bits": 8, "group_size": 24, "act_order": True},
@@ -130,9 +130,11 @@ def test_vision_tower_and_projector_opt_in_with_widths_no_group_divides(tmp_path
     parts = find_parts(model)
     probe = inputs(5)
     dense = logits(model, probe)
-    names = select(model, *default_patterns(parts, vision=True, projector=True))
+    # Gemma 3's projector is a plain matrix parameter, no linear layer: only its tower then
+    projector = any(isinstance(m, torch.nn.Linear) for m in model.get_submodule(parts.projector).modules())
+    names = select(model, *default_patterns(parts, vision=True, projector=projector))
     outside = [n for n in names if not n.startswith(parts.layers + ".")]
-    assert any(n.startswith(parts.projector + ".") for n in outside)
+    assert any(n.startswith(parts.projector + ".") for n in outside) == projector
     assert any(n.startswith(parts.vision + ".") and not n.startswith(parts.projector + ".") for n in outside)
     widths = {model.get_submodule(n).in_features for n in outside}
     assert all(w % 24 for w in widths)

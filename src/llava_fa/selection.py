@@ -150,7 +150,13 @@ def linear_candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module | Exper
 
 
 def is_linear(module: nn.Module | ExpertLinear) -> bool:
-    return isinstance(module, (nn.Linear, ExpertLinear))
+    return isinstance(module, (nn.Linear, ExpertLinear)) and not read_directly(module)
+
+
+def read_directly(module: nn.Module | ExpertLinear) -> bool:
+    """A linear whose weight its parent reads as a tensor instead of calling it: nn.MultiheadAttention's
+    out_proj (SigLIP's pooling head), which a compressed layer cannot stand in for."""
+    return isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
 def matches(pattern: str, name: str, module: nn.Module | ExpertLinear) -> bool:

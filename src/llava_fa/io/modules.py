@@ -73,6 +73,18 @@ def install_modules(model: nn.Module, qconfig) -> None:
         else:
             raise CheckpointError(f"{name} is a {type(old).__name__}, not a linear layer")
         set_module(model, name, new.to(device))
+        mark_initialized(model, name)
+
+
+def mark_initialized(model: nn.Module, name: str) -> None:
+    """Keep transformers from initializing the parent of a compressed layer: a family's
+    `_init_weights` may reach into the children of a module it knows (SigLIP's attention draws
+    `q_proj.weight`), which a compressed layer does not have; its tensors come from the checkpoint."""
+    parent_name = name.rpartition(".")[0]
+    model.get_submodule(name)._is_hf_initialized = True
+    parent = model.get_submodule(parent_name)
+    if parent_name and not any(True for _ in parent.parameters(recurse=False)):  # nothing of its own to set
+        parent._is_hf_initialized = True
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from llava_fa.methods.base import Method
-from llava_fa.selection import Parts, is_linear, linear_candidates, matches
+from llava_fa.selection import Parts, is_linear, linear_candidates, matches, read_directly
 
 # Options that set the bits a method spends; shown even at their default.
 BIT_OPTIONS = ("bits", "q_bits", "group_size", "sym", "bpw", "mag_bits", "phase_bits", "rank", "lr_bits",
@@ -52,6 +52,8 @@ def part_of(name: str, parts: Parts) -> str:
 
 def why_left(part: str, name: str, module, ignore: list[str]) -> str:
     """Why a linear of `part` is not selected, with what would select it."""
+    if read_directly(module):
+        return "read directly by nn.MultiheadAttention (cannot be compressed)"
     for pattern in ignore:
         if matches(pattern, name, module):
             return "kept full precision by default" if part == "MoE routers" else f"ignored by {pattern}"
@@ -63,7 +65,7 @@ def count_parts(model: nn.Module, names: list[str], parts: Parts, ignore: list[s
     chosen = set(names)
     counts: dict[str, PartCount] = {}
     for name, module in dict(linear_candidates(model)).items():
-        if not is_linear(module):
+        if not (is_linear(module) or read_directly(module)):
             continue
         part = part_of(name, parts)
         c = counts.setdefault(part, PartCount(part))
