@@ -4,10 +4,12 @@
 # NAME.log) collect in /tmp/res and are tarred into $OUT/results.tar after each run (few files come back).
 # JOBS=N runs N specs at a time on the one GPU (the testbed is small; compression seconds then include
 # the contention, so time single layers with scripts/bench_layer.py instead).
+# TESTBED_LM=qwen2.5-0.5b sweeps testbed 2 (its bundle: make_bundle.sh qwen2.5-0.5b).
 source scripts/device/setup.sh
-tb=/tmp/testbed
+lm=${TESTBED_LM:-smollm2-135m}
+tb=/tmp/testbed-$lm
 R=/tmp/res; mkdir -p $R
-[ -f $tb/config.json ] || python3 -c "from llava_fa.testbed.build import build_testbed; build_testbed('$tb')"
+[ -f $tb/config.json ] || python3 -m llava_fa testbed build --language-model "$lm" --out "$tb"
 
 snapshot() {  # tar to a private name, then rename: a reader never sees half a tar
   tar cf "/tmp/results.$1.tar" -C $R . && mv -f "/tmp/results.$1.tar" "$OUT/results.tar"
