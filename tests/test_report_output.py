@@ -40,6 +40,8 @@ def test_compress_prints_a_summary_and_writes_the_plot(compressed):
     stdout, stderr = " ".join(stdout.split()), " ".join(stderr.split())  # tables and messages wrap
     report = json.loads((out / "compress_report.json").read_text())
     assert len(report["layers"]) == 14
+    stages = report["stage_seconds"]  # where the time went, measured per stage
+    assert {"load", "capture", "compress", "forward"} <= set(stages) and sum(stages.values()) <= report["wall_seconds"]
     assert "total (14 layers)" in stdout and f"the {WORST_LAYERS} layers with the largest error" in stdout
     assert "--verbose" in stdout
     assert "14 linear layers selected" in stderr and REPORT_PLOT in stderr

@@ -19,6 +19,7 @@ from llava_fa.pipeline.distributed import barrier, init_world
 from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
 from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
 from llava_fa.pipeline.sequential import compress_model, image_token_id
+from llava_fa.pipeline.timing import StageClock
 from llava_fa.pipeline.workdir import WorkDir, drop_if_empty, finished_blocks, make_fingerprint, prepare_work_dir
 from llava_fa.runtime import resolve_dtype
 from llava_fa.selection import default_patterns, find_parts, select
@@ -53,15 +54,17 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     method, config = check_options(recipe, out, overwrite, model_path=path, work_dir=work_dir)
     check_model_folder(path)
     check_not_compressed(path)
-    t0 = time.perf_counter()
-    model, processor = load(path, device, dtype)
+    t0, clock = time.perf_counter(), StageClock()
+    with clock("load"):
+        model, processor = load(path, device, dtype)
     parts = find_parts(model)
     names, targets, ignore = plan(model, recipe, parts)
     blocks = make_plan(model, names, method, parts)
     describe_selection(model, names, parts, ignore, method, info)
     if on_layers:
         on_layers(len(names))
-    samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=parts.vision is not None)
+    with clock("calibration data"):
+        samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=bool(parts.vision))
     info(f"calibration: {described}")
 
     work_dir = Path(work_dir) if work_dir is not None else Path(out).parent / f".{Path(out).name}.work"
@@ -73,18 +76,19 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
         info(f"resuming from {work_dir}: {finished_blocks(work_dir)} finished block(s) will be loaded, not recomputed")
     try:
         rows = compress_model(model, method, names, samples, device=device, work_dir=work_dir,
-                              fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks, world=world)
+                              fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks, world=world,
+                              clock=clock)
     except BaseException:
         if world.writer:
             drop_if_empty(work_dir, resumed)
         raise
-    report = {"model": str(path), "method": recipe.method, "method_config": config.to_dict(),
-              "targets": targets, "ignore": ignore, "calibration": described, "device": str(device),
-              "layers": [r.to_dict() for r in rows], "summary": summarize(rows),
-              "wall_seconds": time.perf_counter() - t0}
+    report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
+                  calibration=described, device=str(device), layers=[r.to_dict() for r in rows],
+                  summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded())
     if world.writer:
         qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
-        save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
+        with clock("save"):  # after the report: its stage_seconds cover the run up to saving
+            save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
         shutil.rmtree(work_dir, ignore_errors=True)
     barrier(world)
     return report

@@ -39,6 +39,7 @@ from llava_fa.pipeline.devices import device_of, move_except, on_device, to_devi
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
+from llava_fa.pipeline.timing import StageClock
 from llava_fa.pipeline.workdir import WorkDir
 
 # A block's statistics come from one pass that `feed`s calibration inputs to the block's modules.
@@ -62,6 +63,7 @@ class CompressionRun:
     on_block: Callable[[int, int, str], None] | None = None
     on_row: Callable[[LayerReport], None] | None = None
     world: World = SINGLE  # the ranks of a distributed run (distributed.py)
+    clock: StageClock = field(default_factory=StageClock)  # wall seconds per stage (timing.py)
     rows: list[LayerReport] = field(default_factory=list)
     finished: int = 0
 
@@ -88,7 +90,7 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
                    device: str | torch.device = "cpu", work_dir: Path | None = None, fingerprint: str = "",
                    on_block: Callable[[int, int, str], None] | None = None,
                    on_row: Callable[[LayerReport], None] | None = None, plan: Plan | None = None,
-                   world: World = SINGLE) -> list[LayerReport]:
+                   world: World = SINGLE, clock: StageClock | None = None) -> list[LayerReport]:
     """Compress the linear layers `names` of `model` in place; return one report row per layer.
 
     `samples`: calibration inputs (batch-1 dicts), may be empty for methods that need no
@@ -97,6 +99,7 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
     `on_row(report)` (once per layer, when its block is finished) report progress. `plan`: the
     plan of `names` if the caller made it already (its targets are not checked again). `world`: the
     ranks of a distributed run (distributed.py); every rank calls this with the same arguments.
+    `clock`: collects the wall seconds of each stage (timing.py).
     """
     # A coarsely quantized layer can feed denormal floats to the next ones, and x86 CPUs process
     # those ~5x slower (measured: testbed, rtn 3-bit, 130 s -> 27 s). Values below 1e-38 carry no
@@ -108,7 +111,7 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
         elif list(plan.names) != list(names):
             raise ValueError("compress_model: the plan was made for other layers than `names`")
         return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
-                               on_block, on_row, world)
+                               on_block, on_row, world, clock or StageClock())
     finally:
         if flushing:
             torch.set_flush_denormal(False)
@@ -116,13 +119,15 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
 
 @torch.no_grad()
 def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[dict], device: torch.device,
-                    work_dir: Path | None, fingerprint: str, on_block, on_row, world: World) -> list[LayerReport]:
+                    work_dir: Path | None, fingerprint: str, on_block, on_row, world: World,
+                    clock: StageClock) -> list[LayerReport]:
     check_calibration(model, method, plan, samples)
     run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device,
                          home=next(model.get_submodule(plan.parts.layers)[0].parameters()).device,
                          dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
                          work=WorkDir(work_dir, fingerprint, writer=world.writer), on_block=on_block, on_row=on_row,
-                         world=world)
+                         world=world, clock=clock)
+    clock.cuda = device.type == "cuda"
     inputs = compress_pre(run)
     for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
         compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
@@ -176,7 +181,8 @@ def compress_pre(run: CompressionRun) -> DecoderInputs:
     needs_inputs = run.plan.last_layer(calibrated=True) >= 0
     if run.samples and (needs_inputs or (block is not None and block.meter is not None)):
         with measuring(block):
-            inputs = capture_decoder_inputs(run)
+            with run.clock("capture"):
+                inputs = capture_decoder_inputs(run)
     if block is not None:
         close_block(run, block)
     return inputs
@@ -193,7 +199,8 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
                            partial(feed_layer, run, layer, hidden, calls))
     with measuring(block):
-        propagate(layer, hidden, calls, added)
+        with run.clock("forward"):
+            propagate(layer, hidden, calls, added)
     layer.to(run.home)
     if block is not None:
         close_block(run, block)
@@ -230,13 +237,16 @@ def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ..
     owners = assign_owners(run.model, names, run.world)
     mine = tuple(n for n in names if owners[n] == run.world.rank)  # all of them in a single process
     experts = BlockExperts(run.model, mine)  # MoE expert linears among the targets (none: no effect)
-    stats = collect_block_stats(run, mine, feed, experts) if run.method.needs and run.samples else {}
+    with run.clock("statistics"):
+        stats = collect_block_stats(run, mine, feed, experts) if run.method.needs and run.samples else {}
     experts.pool_starved(stats)  # experts routed too few tokens take their module's pooled statistics
     done = {}
-    for name in mine:
-        compressed, seconds = compress_linear(run, name, stats.pop(name, None))  # pop: X^T X freed once used
-        done[name] = (compressed, {"seconds": seconds, **experts.row_fields(name)})
-    done = share_block(run.world, names, owners, done, run.device)
+    with run.clock("compress"):
+        for name in mine:
+            compressed, seconds = compress_linear(run, name, stats.pop(name, None))  # pop: X^T X freed once used
+            done[name] = (compressed, {"seconds": seconds, **experts.row_fields(name)})
+    with run.clock("share"):
+        done = share_block(run.world, names, owners, done, run.device)
     meter = ActivationErrorMeter() if run.samples else None
     modules, rows = {}, []
     for name in names:
@@ -292,7 +302,8 @@ def close_block(run: CompressionRun, block: OpenBlock) -> None:
             errors = block.meter.errors()
             for row in block.rows:
                 row.act_error = errors[row.name]
-        run.work.save(block.name, block.modules, block.rows)
+        with run.clock("save shards"):
+            run.work.save(block.name, block.modules, block.rows)
     run.rows.extend(block.rows)
     if run.on_row:
         for row in block.rows:
