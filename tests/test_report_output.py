@@ -41,7 +41,7 @@ def test_compress_prints_a_summary_and_writes_the_plot(compressed):
     report = json.loads((out / "compress_report.json").read_text())
     assert len(report["layers"]) == 14
     stages = report["stage_seconds"]  # where the time went, measured per stage
-    assert {"load", "capture", "compress", "forward"} <= set(stages) and sum(stages.values()) <= report["wall_seconds"]
+    assert {"load", "compress", "forward"} <= set(stages) and sum(stages.values()) <= report["wall_seconds"]
     assert "total (14 layers)" in stdout and f"the {WORST_LAYERS} layers with the largest error" in stdout
     assert "--verbose" in stdout
     assert "14 linear layers selected" in stderr and REPORT_PLOT in stderr
