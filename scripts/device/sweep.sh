@@ -23,7 +23,7 @@ run_spec() {
     rm -rf /tmp/c/$name
     # shellcheck disable=SC2086
     llava compress $tb --out /tmp/c/$name --device cuda --report "$R/$name.report.json" -q $args > "$R/$name.log" 2>&1 &&
-    llava eval /tmp/c/$name --reference $tb --device cuda --dtype float32 --vqa-mode fast --json "$R/$name.json" --batch-size 64 >> "$R/$name.log" 2>&1 ||
+    llava eval /tmp/c/$name --reference $tb --device cuda --dtype float32 --forward-mode cached --vqa-mode fast --json "$R/$name.json" --batch-size 64 >> "$R/$name.log" 2>&1 ||
     echo "FAILED: $name" >> "$R/$name.log"
     rm -rf /tmp/c/$name
   fi
