@@ -5,21 +5,10 @@ two compressed folders store identical tensors (sha256 of every tensor)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
-
-def tensor_digests(folder: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    digests = {}
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(path, "pt") as f:
-            for key in f.keys():
-                data = f.get_tensor(key).contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
-                digests[key] = hashlib.sha256(data).hexdigest()
-    return digests
+from llava_fa.io.files import tensor_digests
 
 
 def peak_mib(smi_log: Path) -> dict[str, int]:

@@ -13,8 +13,8 @@ import torch
 
 import compress_fixtures as F
 import test_moe
+from llava_fa.io.files import tensor_digests
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners
-from test_reproducible import tensor_digests
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

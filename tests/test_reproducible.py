@@ -3,14 +3,14 @@ process, and in a fresh one through the command line) stores bit-identical tenso
 
 from __future__ import annotations
 
-import hashlib
+import os
 import subprocess
 import sys
 
 import pytest
-from safetensors import safe_open
 
 import compress_fixtures as F
+from llava_fa.io.files import tensor_digests
 from llava_fa.pipeline import compress_checkpoint
 from llava_fa.recipe import Calibration, Recipe
 
@@ -22,16 +22,6 @@ METHODS = {  # the randomized and data-dependent steps: calibration sampling, OD
     "gptq": {"bits": 3, "act_order": True},
     "sab": {},
 }
-
-
-def tensor_digests(folder) -> dict[str, str]:
-    digests = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, "pt") as f:
-            for key in f.keys():
-                digests[key] = hashlib.sha256(f.get_tensor(key).contiguous().view(-1).view(
-                    __import__("torch").uint8).numpy().tobytes()).hexdigest()
-    return digests
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +44,21 @@ def test_a_fresh_process_stores_the_same_tensors(tmp_path, dense):
     cmd = [sys.executable, "-m", "llava_fa", "compress", str(dense), "--method", "fa", "-O", "odc=calibrated",
            "-O", "rank=4", "-O", "iters=2", "--nsamples", "4", "--seqlen", "32", "--device", "cpu",
            "--out", str(tmp_path / "there")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert tensor_digests(tmp_path / "here") == tensor_digests(tmp_path / "there")
+
+
+def test_tensor_digests_see_one_changed_value(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.arange(6, dtype=torch.bfloat16), "b": torch.ones(2, 3)}
+    for name in ("x", "y", "z"):
+        (tmp_path / name).mkdir()
+    save_file(tensors, tmp_path / "x" / "model.safetensors")
+    save_file(tensors, tmp_path / "y" / "model.safetensors", metadata={"format": "pt"})  # another header
+    save_file(dict(tensors, b=torch.ones(2, 3).index_fill_(1, torch.tensor([2]), 1.5)), tmp_path / "z" / "model.safetensors")
+    x, y, z = (tensor_digests(tmp_path / n) for n in "xyz")
+    assert set(x) == {"a", "b"} and x == y
+    assert x["a"] == z["a"] and x["b"] != z["b"]

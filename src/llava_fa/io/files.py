@@ -194,6 +194,23 @@ def read_header(path: Path, fix: str = "compress the model again") -> dict[str, 
     return header
 
 
+def tensor_digests(folder: Path) -> dict[str, str]:
+    """Tensor name -> sha256 of its stored bytes, over the safetensors files of `folder`: two
+    checkpoints store identical tensors exactly when these are equal (the JSON headers may differ)."""
+    digests = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        header = read_header(path)
+        with open(path, "rb") as f:
+            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                f.seek(data_start + begin)
+                digests[key] = hashlib.sha256(f.read(end - begin)).hexdigest()
+    return digests
+
+
 def stored_key(stored: dict, key: str) -> str | None:
     """`key`, else the one stored key with its longest dotted suffix: transformers' save_pretrained
     may write some architectures under their original prefixes (LLaVA: language_model.model.)."""

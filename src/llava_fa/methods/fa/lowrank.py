@@ -47,12 +47,12 @@ def fourier_svd(R: torch.Tensor, rank: int, col_weights: torch.Tensor | None = N
     finder. Where the rank is close to min(m, h) the randomized way saves nothing and the exact
     SVD is used instead.
     """
-    sw = _root_weights(col_weights, R.device)
-    Rw = R if sw is None else R * sw
-    # B = sqrt(s) Vh / sw, so the previous right singular vectors in weighted coordinates are B * sw.
-    start_w = start if start is None or sw is None else start.to(R.device) * sw
-    U, s, Vh = weighted_svd(Rw, rank, svd, power_iters, start_w)
-    return split_factors(U, s, Vh, rank, sw)
+    solver = WarmSVD(col_weights, svd, power_iters)
+    if start is not None:
+        # B = sqrt(s) Vh / sw, so the previous right singular vectors in weighted coordinates are B * sw.
+        sw = _root_weights(col_weights, R.device)
+        solver.basis = start.to(R.device) if sw is None else start.to(R.device) * sw
+    return solver(R, rank)
 
 
 class WarmSVD:
