@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import compress_fixtures as F
 import test_moe
@@ -65,4 +64,3 @@ def test_owners_balance_weights_and_keep_experts_together():
     loads = [sum(model.get_submodule(n).weight.numel() for n in layer if owners[n] == r) for r in (0, 1)]
     assert min(loads) > 0
     assert assign_owners(model, layer, SINGLE) == {n: 0 for n in layer}
-    assert torch.is_tensor(model.get_submodule(layer[0]).weight)

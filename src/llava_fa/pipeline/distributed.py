@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from llava_fa.formats import CompressedLinear
+from llava_fa.formats.experts import LinearExperts
 from llava_fa.io.modules import build_module, module_entry
 from llava_fa.pipeline.report import LayerReport
 
@@ -96,8 +97,6 @@ def assign_owners(model: nn.Module, names: tuple[str, ...], world: World) -> dic
 
 def experts_group(model: nn.Module, name: str) -> str:
     """The MoE experts module an expert linear ("<experts>.<proj>.<e>") belongs to, else the name."""
-    from llava_fa.formats.experts import LinearExperts
-
     parent = name.rsplit(".", 2)[0]
     try:
         return parent if isinstance(model.get_submodule(parent), LinearExperts) else name
