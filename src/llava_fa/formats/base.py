@@ -80,12 +80,20 @@ class CompressedLinear(nn.Module):
                 return backend.run(self, x)
         raise RuntimeError(f"{self.format}: no backend of forward mode {mode!r} runs on {x.device} {x.dtype}")
 
+    # Plain-attribute dicts derived from the stored tensors at run time (the dense weight of "cached",
+    # a kernel's layout): never saved, dropped whenever the stored tensors may change or move.
+    RUNTIME_CACHES: ClassVar[tuple[str, ...]] = ("_cache", "_kernel")
+
+    def drop_runtime_caches(self) -> None:
+        for name in self.RUNTIME_CACHES:
+            self.__dict__.get(name, {}).clear()
+
     def _load_from_state_dict(self, *args, **kwargs):
-        self.__dict__.get("_cache", {}).clear()
+        self.drop_runtime_caches()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
-        self.__dict__.get("_cache", {}).clear()
+        self.drop_runtime_caches()
         return super()._apply(fn, recurse)
 
     @classmethod
@@ -160,5 +168,5 @@ def set_forward_mode(model: nn.Module, mode: str) -> int:
                           "Fix: pick a mode those layers have ('auto', 'cached' and 'dequant' work everywhere).")
     for _, m in layers:
         m.forward_mode = mode
-        m.__dict__.get("_cache", {}).clear()
+        m.drop_runtime_caches()
     return len(layers)

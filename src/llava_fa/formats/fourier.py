@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from llava_fa.formats import fourier_runtime as runtime
 from llava_fa.formats.base import Backend, CompressedLinear
 from llava_fa.formats.fourier_layout import (LEVELS, LR_BITS, QUANTIZERS, TRANSFORMS, Layout, SpectrumCodes,
                                              validate_params)
@@ -291,6 +292,11 @@ def _finish(layer: FourierLinear, y: torch.Tensor, r: torch.Tensor | None, dtype
     return y.to(dtype)
 
 
-FourierLinear.backends = {**CompressedLinear.backends, "spectral": (Backend(spectral_forward),)}
+# "fused": the Triton kernel on the codes (formats/fourier_runtime.py), else the spectral reference
+# path, which keeps the same memory promise; "auto" puts the kernel first on CUDA.
+FourierLinear.backends = {
+    **CompressedLinear.backends, "spectral": (Backend(spectral_forward),),
+    "fused": (Backend(runtime.fused_forward, runtime.runs), Backend(spectral_forward)),
+    "auto": (Backend(runtime.fused_forward, runtime.runs_by_default), *CompressedLinear.backends["auto"])}
 
 __all__ = ["FourierLinear", "Layout", "SpectrumCodes", "LEVELS", "LR_BITS", "QUANTIZERS", "TRANSFORMS"]

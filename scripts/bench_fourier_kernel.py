@@ -1,0 +1,112 @@
+"""Time one `fourier` (LLaVA-FA) layer's GPU backends side by side (needs CUDA and Triton).
+
+For each weight shape (Llama-2-7B layers and the testbed's MLP), form and token count it times, in
+the same run: a dense bfloat16 `F.linear` (the uncompressed model), the `fused` backend (rfft of the
+activation + the Triton kernel on the codes + the epilogue in torch; kernels/fourier_matmul.py),
+the kernel alone, and the `spectral` and `dequant` paths it replaces. It prints microseconds per
+call, the speed-up over dense and the bandwidth achieved on the bytes the kernel reads (codes,
+scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
+quantizer on random weights (set_codes of the spectrum, no search): speed does not depend on them.
+Usage (on a GPU machine):
+
+    PYTHONPATH=src python scripts/bench_fourier_kernel.py [--cudagraph] --json OUT.json > OUT.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+from bench_kernels import GRAPHS, copy_bandwidth, time_us
+
+from llava_fa.formats import fourier_runtime
+from llava_fa.formats.fourier import FourierLinear
+from llava_fa.kernels import fourier_matmul as km
+from llava_fa.transforms import fourier as ft
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (1536, 576)]
+FORMS = {  # name -> FourierLinear parameters (3 + 3 bits, groups of 64: about 3.2 bpw)
+    "rfft": dict(transform="rfft", rank=0),
+    "rfft2": dict(transform="rfft2", rank=0),
+    "rfft+r8": dict(transform="rfft", rank=8, lr_bits=8),
+}
+BASE = dict(codes=True, quantizer="polar", mag_bits=3, phase_bits=3, real_bits=3, group_size=64, levels="uniform",
+            lr_bits=8, col_scales=False, row_scales=False)
+
+
+def make_layer(out_f: int, in_f: int, form: str) -> FourierLinear:
+    torch.manual_seed(0)
+    W = torch.randn(out_f, in_f, device="cuda") * 0.02
+    layer = FourierLinear(in_f, out_f, False, **{**BASE, **FORMS[form]}).cuda()
+    layer.set_codes(ft.forward(W, layer.mode))
+    if layer.params()["rank"]:
+        r = layer.params()["rank"]
+        h = layer.layout.lr_width
+        layer.set_lowrank(torch.randn(r, out_f, dtype=torch.complex64, device="cuda") * 0.01,
+                          torch.randn(r, h, dtype=torch.complex64, device="cuda") * 0.01)
+    return layer
+
+
+def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
+    layer = make_layer(out_f, in_f, form)
+    x = torch.randn(tokens, in_f, device="cuda", dtype=torch.bfloat16)
+    dense = layer.dequantize(torch.bfloat16)
+    ref = x.float() @ dense.float().T
+    layer.forward_mode = "fused"
+    err = ((layer(x).float() - ref).abs().max() / ref.abs().max()).item()
+    if err > 0.03:
+        raise SystemExit(f"fused result off by {err:.3g} for {out_f}x{in_f} {form}, {tokens} tokens")
+    rt = fourier_runtime.kernel_layout(layer, x.device)
+    spec = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
+    row = {"out": out_f, "in": in_f, "form": form, "tokens": tokens, "bpw": layer.bits_per_weight(),
+           "dense_bytes": dense.numel() * 2, "kernel_bytes": rt.nbytes(), "rel_err": err,
+           "dense_us": time_us(lambda: F.linear(x, dense)),
+           "fused_us": time_us(lambda: layer(x)),
+           "kernel_us": time_us(lambda: km.fourier_matmul(spec, rt, x.dtype))}
+    for mode in ("spectral", "dequant"):
+        layer.forward_mode = mode
+        row[f"{mode}_us"] = time_us(lambda: layer(x))
+    return row
+
+
+def table_line(r: dict, copy_gbs: float) -> str:
+    gbs = r["kernel_bytes"] / r["kernel_us"] / 1e3
+    dense_gbs = r["dense_bytes"] / r["dense_us"] / 1e3
+    return (f"| {r['out']} x {r['in']} | {r['form']} | {r['bpw']:.2f} | {r['tokens']} | {r['dense_us']:.1f} "
+            f"({dense_gbs / copy_gbs:.0%}) | {r['fused_us']:.1f} | {r['dense_us'] / r['fused_us']:.2f}x | "
+            f"{r['kernel_us']:.1f} | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%}) | {r['spectral_us']:.1f} | "
+            f"{r['dequant_us']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256])
+    ap.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
+    ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--cudagraph", action="store_true", help="time CUDA-graph replays (no host overhead, warm L2)")
+    args = ap.parse_args()
+    GRAPHS["on"] = args.cudagraph
+    if not torch.cuda.is_available() or km.triton is None:
+        raise SystemExit("bench_fourier_kernel.py needs a CUDA GPU and Triton. Fix: run it on a GPU machine.")
+    copy_gbs = copy_bandwidth()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {km.triton.__version__}; bfloat16 "
+          f"activations, PolarQuant 3+3 bits, groups of 64; median us per call, "
+          f"{'CUDA-graph replays (no host overhead, warm L2)' if args.cudagraph else 'host overhead included, cold L2'}; "
+          f"copy bandwidth {copy_gbs:.0f} GB/s")
+    print("| out x in | form | bpw | tokens | dense bf16 us (of copy bw) | fused us | fused vs dense | kernel us | "
+          "kernel bw | spectral us | dequant us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for (out_f, in_f), form, tokens in itertools.product(SHAPES, args.forms, args.tokens):
+        rows.append(measure(out_f, in_f, form, tokens))
+        print(table_line(rows[-1], copy_gbs), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The `fourier` format's Triton kernel (forward mode `fused`) against the dequantized weight.
+
+Without Triton (CI's CPU build of torch) `fused` falls back to the spectral reference path, which
+the first test checks. Where Triton is installed the kernel runs on CPU through Triton's interpreter
+(in a subprocess: the interpreter is chosen when the kernel module is imported), and on CUDA when
+there is a GPU.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llava_fa.formats.fourier import FourierLinear
+from llava_fa.methods.fa import fit_layer
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+# (m, n, params): both transforms, odd and even widths (a Nyquist column or not), odd heights (rfft2's
+# self-conjugate columns), groups that do not divide a row, one group per row, Lloyd levels,
+# low-rank parts at 16 and 8 bits, ODC scales on both sides, 2+2 to 4+4 bits.
+CASES = [
+    (40, 70, dict(transform="rfft", rank=0, group_size=16)),
+    (33, 64, dict(transform="rfft", rank=3, lr_bits=8, group_size=32, levels="lloyd", row_scales=True)),
+    (24, 45, dict(transform="rfft", rank=2, lr_bits=16, group_size=-1, mag_bits=2, phase_bits=2)),
+    (24, 20, dict(transform="rfft2", rank=3, lr_bits=8, group_size=16, row_scales=True)),
+    (17, 13, dict(transform="rfft2", rank=0, group_size=4, levels="lloyd", mag_bits=4, phase_bits=4)),
+    (65, 96, dict(transform="rfft2", rank=0, group_size=-1)),
+]
+
+
+def make_layer(m: int, n: int, params: dict, device: str = "cpu") -> FourierLinear:
+    g = torch.Generator().manual_seed(m * n)
+    W = torch.randn(m, n, generator=g) * 0.02
+    W[:, 1] *= 8  # an outlier input channel, as in LLM weights
+    p = {"transform": "rfft", "rank": 0, "lr_bits": 8, "codes": True, "quantizer": "polar", "mag_bits": 3,
+         "phase_bits": 3, "real_bits": 3, "group_size": 16, "levels": "uniform", "col_scales": True,
+         "row_scales": False, **params}
+    cols = torch.rand(n, generator=g).add(0.5).half().float()
+    rows = torch.rand(m, generator=g).add(0.5).half().float() if p["row_scales"] else None
+    return fit_layer(W, p, cols, rows, iters=2, bias=torch.randn(m, generator=g)).layer.to(device)
+
+
+def check_fused_matches_dequant(device: str, dtype: torch.dtype, tol: float) -> None:
+    for m, n, params in CASES:
+        layer = make_layer(m, n, params, device)
+        for tokens in (1, 5, 20):
+            x = torch.randn(2, tokens, n, device=device).to(dtype)
+            ref = (x.float() @ layer.dequantize().T + layer.bias.float())
+            layer.forward_mode = "fused"
+            got = layer(x).float()
+            assert got.shape == ref.shape == (2, tokens, m)
+            err = ((got - ref).abs().max() / ref.abs().max()).item()
+            assert err < tol, (m, n, params, tokens, err)
+            assert layer.__dict__["_kernel"], "the fused path did not run the kernel"
+
+
+def test_fused_without_triton_is_the_spectral_path(monkeypatch):
+    from llava_fa.kernels import fourier_matmul
+
+    monkeypatch.setattr(fourier_matmul, "triton", None)
+    layer = make_layer(*CASES[1][:2], CASES[1][2])
+    x = torch.randn(5, CASES[1][1])
+    layer.forward_mode = "fused"
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T + layer.bias, rtol=1e-4, atol=1e-4)
+    assert not layer.__dict__.get("_kernel") and not layer.__dict__.get("_cache")  # nothing dense kept
+
+
+def test_unsupported_forms_keep_their_backends():
+    from llava_fa.formats import fourier_runtime
+
+    cart = make_layer(16, 24, dict(quantizer="cartesian", group_size=8))
+    assert not fourier_runtime.supported(cart)
+    assert fourier_runtime.supported(make_layer(16, 24, dict(transform="rfft2")))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
+def test_kernel_in_the_triton_interpreter():
+    code = ("import torch, tests.test_fourier_kernel as t; "
+            "t.check_fused_matches_dequant('cpu', torch.float32, 1e-4); print('ok')")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2), (torch.float32, 5e-3)])
+def test_kernel_on_cuda(dtype, tol):
+    check_fused_matches_dequant("cuda", dtype, tol)
