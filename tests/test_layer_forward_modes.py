@@ -48,8 +48,8 @@ def test_set_forward_mode_on_a_model_checks_every_layer_and_drops_caches():
     assert set_forward_mode(model, "dequant") == 2
     assert not any(m.__dict__.get("_cache") for m in model)
     torch.testing.assert_close(model(x), ref)
-    with pytest.raises(ConfigError, match=r"'fused' is not available for 1 of the 2 .*format 'fourier'"):
-        set_forward_mode(model, "fused")
+    with pytest.raises(ConfigError, match=r"'spectral' is not available for 1 of the 2 .*format 'affine'"):
+        set_forward_mode(model, "spectral")
     assert [m.forward_mode for m in model] == ["dequant", "dequant"]  # nothing changed by the refusal
     with pytest.raises(ConfigError, match="no compressed layers"):
         set_forward_mode(torch.nn.Sequential(torch.nn.Linear(4, 4)), "dequant")
