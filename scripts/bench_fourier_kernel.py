@@ -72,6 +72,31 @@ def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
     return row
 
 
+SWEEP_DECODE = [km.Blocks(16, bm, bk, sk, 4, 3) for bm in (16, 32, 64) for bk in (64, 128, 256)
+                for sk in (1, 4, 8, 16)]
+SWEEP_PREFILL = [km.Blocks(bb, bm, bk, 1, w, st) for bb in (64, 128) for bm in (64, 128) for bk in (32, 64)
+                 for w in (4, 8) for st in (2, 3)]
+
+
+def sweep(out_f: int, in_f: int, form: str, tokens: int, top: int = 5) -> list[tuple[float, km.Blocks]]:
+    """Kernel microseconds of every tile configuration, fastest first (invalid ones skipped)."""
+    layer = make_layer(out_f, in_f, form)
+    x = torch.randn(tokens, in_f, device="cuda", dtype=torch.bfloat16)
+    rt = fourier_runtime.kernel_layout(layer, x.device)
+    spec = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
+    ref = km.fourier_matmul(spec, rt, x.dtype)
+    found = []
+    for bl in SWEEP_DECODE if tokens <= 16 else SWEEP_PREFILL:
+        try:
+            got = km.fourier_matmul(spec, rt, x.dtype, bl)
+            if not torch.allclose(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()):
+                continue
+            found.append((time_us(lambda: km.fourier_matmul(spec, rt, x.dtype, bl)), bl))
+        except Exception:  # noqa: BLE001 - out of registers / shared memory: not a candidate
+            continue
+    return sorted(found, key=lambda t: t[0])[:top]
+
+
 def table_line(r: dict, copy_gbs: float) -> str:
     gbs = r["kernel_bytes"] / r["kernel_us"] / 1e3
     dense_gbs = r["dense_bytes"] / r["dense_us"] / 1e3
@@ -86,9 +111,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256])
     ap.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--shapes", nargs="+", default=[f"{o}x{i}" for o, i in SHAPES], help="OUTxIN weight shapes")
     ap.add_argument("--cudagraph", action="store_true", help="time CUDA-graph replays (no host overhead, warm L2)")
+    ap.add_argument("--sweep", action="store_true", help="time every tile configuration of the kernel instead")
     args = ap.parse_args()
     GRAPHS["on"] = args.cudagraph
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    if args.sweep:
+        for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
+            best = sweep(out_f, in_f, form, tokens)
+            default = km.default_blocks(tokens, out_f, in_f // 2, 64, True)
+            print(f"{out_f}x{in_f} {form} tokens {tokens} default {default}: " +
+                  "; ".join(f"{us:.1f} us {bl}" for us, bl in best), flush=True)
+        return
     if not torch.cuda.is_available() or km.triton is None:
         raise SystemExit("bench_fourier_kernel.py needs a CUDA GPU and Triton. Fix: run it on a GPU machine.")
     copy_gbs = copy_bandwidth()
@@ -100,7 +135,7 @@ def main() -> None:
           "kernel bw | spectral us | dequant us |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for (out_f, in_f), form, tokens in itertools.product(SHAPES, args.forms, args.tokens):
+    for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
         rows.append(measure(out_f, in_f, form, tokens))
         print(table_line(rows[-1], copy_gbs), flush=True)
     if args.json:

@@ -6,10 +6,10 @@ The weight is a half spectrum S along the input axis (transform `rfft`) or of th
     Z_j = sum_k w_k S[j,k] conj(X_k),   y = Re(Z) (rfft)   or   y = Re(ifft_m(Z)) (rfft2)
 
 (w_k = 2 for the complex columns, which stand for their mirror too; see formats/fourier.py). A
-stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and theta from the
-phase code, so the product needs no trigonometry at run time: one byte per entry holds both codes,
-and two 2^(b_r + b_theta)-entry tables give 2 level cos(theta) and 2 level sin(theta). Each tile
-of codes is turned into those two real tiles (times the group scale) and goes into `tl.dot` with
+stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and theta =
+-pi + 2 pi phase / 2^b_theta; one byte per entry holds both codes. Each tile of codes is turned
+into the two real tiles 2 level cos(theta) and 2 level sin(theta) (computed in registers, see
+`_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
 the activation spectrum: tensor cores for prefill, and the same reads at decode (batch padded to
 16 in registers, never in memory). W and the dense spectrum are never formed.
 
@@ -28,6 +28,7 @@ its other backends; `TRITON_INTERPRET=1` runs the kernel on CPU tensors for the 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -48,49 +49,45 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _code_tiles(codes_ptr, lut_ptr, scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, stride_c,
-                    GROUP: tl.constexpr, ALIGNED: tl.constexpr, NCODES: tl.constexpr):
-        """The (BLOCK_M, BLOCK_K) tiles of 2 rho cos(theta) and 2 rho sin(theta) for rows rm, entries rk."""
-        mask = (rm[:, None] < M) & (rk[None, :] < K_REG)
-        code = tl.load(codes_ptr + rm[:, None] * stride_c + rk[None, :], mask=mask, other=0).to(tl.int32)
-        wc = tl.load(lut_ptr + code)
-        ws = tl.load(lut_ptr + NCODES + code)
-        gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
-        if ALIGNED:  # every row's groups start at entry 0 and the tile lies inside one group
-            scale = tl.load(scales_ptr + gstart + k0 // GROUP, mask=rm < M, other=0.0)[:, None]
-        else:
-            goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)
-            group = gstart[:, None] + (rk[None, :] + goff[:, None]) // GROUP
-            scale = tl.load(scales_ptr + group, mask=mask, other=0.0)
-        return wc * scale, ws * scale
+    def _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c,
+                    MAG_BITS: tl.constexpr, PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr):
+        """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries rk of
+        rows rm (the orientation of W^T that tl.dot takes: no transpose through shared memory).
+
+        Computed, not looked up: a table in global memory costs two gathers per entry, which
+        saturated the load/store units (ncu: L1 86% busy, DRAM 1.4%); cos and sin of a float run on
+        the special function units, and Lloyd levels take a select chain over 2^MAG_BITS scalars."""
+        mask = (rk[:, None] < K_REG) & (rm[None, :] < M)
+        code = tl.load(codes_ptr + rm[None, :] * stride_c + rk[:, None], mask=mask, other=0,
+                       eviction_policy="evict_first").to(tl.int32)  # streamed once: keep L2 for the rest
+        mag = code & ((1 << MAG_BITS) - 1)
+        if LLOYD:
+            rho = tl.zeros(code.shape, dtype=tl.float32)
+            for i in tl.static_range(1 << MAG_BITS):
+                rho = tl.where(mag == i, tl.load(levels_ptr + i), rho)
+        else:  # uniform levels (k + 1/2) / 2^b, times 2: the Parseval weight of a complex entry
+            rho = (mag.to(tl.float32) + 0.5) * (2.0 / (1 << MAG_BITS))
+        theta = (code >> MAG_BITS).to(tl.float32) * (6.283185307179586 / (1 << PHASE_BITS)) - 3.141592653589793
+        return rho * tl.cos(theta), rho * tl.sin(theta)
 
     @triton.jit
-    def _fourier_matmul_kernel(spec_ptr, codes_ptr, lut_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
-                               out_ptr, B, M, K_REG: tl.constexpr, stride_spec, stride_c, stride_out,
-                               edge0, edge1,
-                               GROUP: tl.constexpr, ALIGNED: tl.constexpr, NCODES: tl.constexpr,
-                               N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                               BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        # spec: the activation spectrum as (re, im) float32 pairs, (B, h, 2) row-major; entry k of the
-        # code grid is spectrum column k + 1.
-        rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        acc_r = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
-        acc_i = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
-        for k0 in range(0, K_REG, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            x_mask = (rb[:, None] < B) & (rk[None, :] < K_REG)
-            x_at = spec_ptr + rb[:, None] * stride_spec + 2 * (rk[None, :] + 1)
-            xr = tl.load(x_at, mask=x_mask, other=0.0).to(DOT_DTYPE)
-            xi = tl.load(x_at + 1, mask=x_mask, other=0.0).to(DOT_DTYPE)
-            wc, ws = _code_tiles(codes_ptr, lut_ptr, scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0,
-                                 stride_c, GROUP, ALIGNED, NCODES)
-            wc = tl.trans(wc.to(DOT_DTYPE))
-            ws = tl.trans(ws.to(DOT_DTYPE))
-            acc_r += tl.dot(xr, wc) + tl.dot(xi, ws)  # Re((a + ib)(xr - i xi)) = a xr + b xi
-            if COMPLEX_OUT:
-                acc_i += tl.dot(xr, ws) - tl.dot(xi, wc)
-        for e in tl.static_range(N_EDGE):  # self-conjugate columns: dense weighted values per row
+    def _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0,
+                     GROUP: tl.constexpr, ALIGNED: tl.constexpr):
+        """Group scales: (1, BLOCK_M) when the tile lies inside one group of every row, else per entry."""
+        gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
+        if ALIGNED:
+            scale = tl.load(scales_ptr + gstart + k0 // GROUP, mask=(rm < M) & (k0 < K_REG), other=0.0)[None, :]
+        else:
+            goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)
+            group = gstart[None, :] + (rk[:, None] + goff[None, :]) // GROUP
+            scale = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0)
+        return scale
+
+    @triton.jit
+    def _edge_terms(spec_ptr, edge_ptr, rb, rm, B, M, stride_spec, edge0, edge1, acc_r, acc_i,
+                    N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr):
+        """The self-conjugate columns (dense weighted values per row) added to the accumulators."""
+        for e in tl.static_range(N_EDGE):
             col = edge0 if e == 0 else edge1
             er = tl.load(spec_ptr + rb * stride_spec + 2 * col, mask=rb < B, other=0.0)[:, None]
             ei = tl.load(spec_ptr + rb * stride_spec + 2 * col + 1, mask=rb < B, other=0.0)[:, None]
@@ -99,28 +96,149 @@ if triton is not None:
             acc_r += gr * er + gi * ei
             if COMPLEX_OUT:
                 acc_i += gi * er - gr * ei
+        return acc_r, acc_i
+
+    @triton.jit
+    def _fourier_matmul_kernel(spec_ptr, codes_ptr, levels_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
+                               out_ptr, B, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_spec, stride_c,
+                               stride_out, edge0, edge1,
+                               GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
+                               PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr, N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                               SPLIT_K: tl.constexpr,
+                               BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        # spec: the activation spectrum as (re, im) float32 pairs, (B, h, 2) row-major; entry k of the
+        # code grid is spectrum column k + 1. Program (i, j, s) takes rows block i, batch block j and
+        # the s-th chunk of K_CHUNK entries (split-K: a decode step has too few row blocks to fill the
+        # GPU and hide the latency of each tile's loads).
+        rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        split = tl.program_id(2)
+        acc_r = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
+        acc_i = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
+        for kk in range(0, K_CHUNK, BLOCK_K):  # a constant trip count: Triton's interpreter needs one
+            k0 = split * K_CHUNK + kk
+            rk = k0 + tl.arange(0, BLOCK_K)
+            x_mask = (rb[:, None] < B) & (rk[None, :] < K_REG)
+            x_at = spec_ptr + rb[:, None] * stride_spec + 2 * (rk[None, :] + 1)
+            xr = tl.load(x_at, mask=x_mask, other=0.0).to(DOT_DTYPE)
+            xi = tl.load(x_at + 1, mask=x_mask, other=0.0).to(DOT_DTYPE)
+            wc, ws = _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS, LLOYD)
+            scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
+            if ALIGNED:  # one scale per output row: applied to the dot's result, not to every entry
+                wc = wc.to(DOT_DTYPE)
+                ws = ws.to(DOT_DTYPE)
+                acc_r += (tl.dot(xr, wc) + tl.dot(xi, ws)) * scale  # Re((a + ib)(xr - i xi)) = a xr + b xi
+                if COMPLEX_OUT:
+                    acc_i += (tl.dot(xr, ws) - tl.dot(xi, wc)) * scale
+            else:
+                wc = (wc * scale).to(DOT_DTYPE)
+                ws = (ws * scale).to(DOT_DTYPE)
+                acc_r += tl.dot(xr, wc) + tl.dot(xi, ws)
+                if COMPLEX_OUT:
+                    acc_i += tl.dot(xr, ws) - tl.dot(xi, wc)
+        if split == 0:
+            acc_r, acc_i = _edge_terms(spec_ptr, edge_ptr, rb, rm, B, M, stride_spec, edge0, edge1, acc_r, acc_i,
+                                       N_EDGE, COMPLEX_OUT)
         out_mask = (rb[:, None] < B) & (rm[None, :] < M)
         out_at = out_ptr + rb[:, None] * stride_out + rm[None, :] * (2 if COMPLEX_OUT else 1)
-        tl.store(out_at, acc_r, mask=out_mask)
-        if COMPLEX_OUT:
-            tl.store(out_at + 1, acc_i, mask=out_mask)
+        if SPLIT_K == 1:
+            tl.store(out_at, acc_r, mask=out_mask)
+            if COMPLEX_OUT:
+                tl.store(out_at + 1, acc_i, mask=out_mask)
+        else:
+            tl.atomic_add(out_at, acc_r, mask=out_mask, sem="relaxed")
+            if COMPLEX_OUT:
+                tl.atomic_add(out_at + 1, acc_i, mask=out_mask, sem="relaxed")
 
 
-def default_blocks(batch: int, group: int, aligned: bool) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_M, BLOCK_K): tl.dot wants 16 rows at least, so decode pads the batch to 16 in
-    registers; narrow M tiles give a decode step enough programs to fill the GPU; an aligned K tile
-    inside one group reads one scale per row instead of one per entry."""
-    block_b, block_m, block_k = (16, 32, 128) if batch <= 16 else (64, 64, 64)
-    while aligned and block_k > 16 and group % block_k:
-        block_k //= 2
-    return block_b, block_m, block_k
+    @triton.jit
+    def _fourier_gemv_kernel(spec_ptr, codes_ptr, levels_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
+                             out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
+                             GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
+                             PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr, N_EDGE: tl.constexpr,
+                             COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        # One activation row (decode at batch 1): products and a row sum on the CUDA cores instead of
+        # tl.dot, whose operands would go through shared memory for a single useful row.
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        split = tl.program_id(1)
+        acc_r = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for kk in range(0, K_CHUNK, BLOCK_K):
+            k0 = split * K_CHUNK + kk
+            rk = k0 + tl.arange(0, BLOCK_K)
+            xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
+            xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
+            wc, ws = _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS, LLOYD)
+            scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
+            if ALIGNED:
+                acc_r += tl.sum(wc * xr + ws * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
+                if COMPLEX_OUT:
+                    acc_i += tl.sum(ws * xr - wc * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
+            else:
+                acc_r += tl.sum((wc * xr + ws * xi) * scale, axis=0)
+                if COMPLEX_OUT:
+                    acc_i += tl.sum((ws * xr - wc * xi) * scale, axis=0)
+        if split == 0:
+            rb = tl.arange(0, 1)
+            r2, i2 = _edge_terms(spec_ptr, edge_ptr, rb, rm, 1, M, 0, edge0, edge1, acc_r[None, :], acc_i[None, :],
+                                 N_EDGE, COMPLEX_OUT)
+            acc_r = tl.reshape(r2, (BLOCK_M,))
+            acc_i = tl.reshape(i2, (BLOCK_M,))
+        out_at = out_ptr + rm * (2 if COMPLEX_OUT else 1)
+        if SPLIT_K == 1:
+            tl.store(out_at, acc_r, mask=rm < M)
+            if COMPLEX_OUT:
+                tl.store(out_at + 1, acc_i, mask=rm < M)
+        else:
+            tl.atomic_add(out_at, acc_r, mask=rm < M, sem="relaxed")
+            if COMPLEX_OUT:
+                tl.atomic_add(out_at + 1, acc_i, mask=rm < M, sem="relaxed")
 
 
-_DOT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+@dataclass(frozen=True)
+class Blocks:
+    """Tiles and launch shape: batch rows, output rows and entries per tile, K split, warps, stages."""
+
+    b: int
+    m: int
+    k: int
+    split_k: int = 1
+    warps: int = 4
+    stages: int = 3
 
 
-def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype,
-                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+def default_blocks(batch: int, m: int, k_reg: int, group: int, aligned: bool) -> Blocks:
+    """tl.dot wants 16 rows at least, so decode pads the batch to 16 in registers; a K split gives a
+    decode step about four programs per SM (132 on an H100/H200); an aligned K tile inside one group
+    reads one scale per row instead of one per entry. `scripts/bench_fourier_kernel.py --sweep`
+    measures the alternatives."""
+    if batch == 1:  # the row-sum kernel: b = 1
+        blocks = Blocks(1, 64, 128)
+        programs, tiles, split = -(-m // blocks.m), -(-k_reg // blocks.k), 1
+        while programs * split < 528 and split * 2 <= tiles:
+            split *= 2
+        blocks = Blocks(1, 64, 128, split)
+    elif batch <= 16:
+        blocks = Blocks(16, 32, 128)
+        programs = -(-m // blocks.m)
+        tiles = -(-k_reg // blocks.k)
+        split = 1
+        while programs * split < 528 and split * 2 <= tiles:
+            split *= 2
+        blocks = Blocks(16, 32, 128, split)
+    else:
+        blocks = Blocks(64, 128, 32)
+    k = blocks.k
+    while aligned and k > 16 and group % k:
+        k //= 2
+    return Blocks(blocks.b, blocks.m, k, blocks.split_k, blocks.warps, blocks.stages)
+
+
+_DOT = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | None = None) -> torch.Tensor:
     """Z (B, m) float32, or (B, m, 2) (re, im) for rfft2, from the activation spectrum `spec`
     (B, h) complex64 and the kernel layout `rt` (formats/fourier_runtime.KernelLayout); `dtype`
     is the activation's (the tiles go into the dot in it; float32 stays float32)."""
@@ -129,15 +247,23 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype,
                            "Fix: use forward_mode 'dequant', 'cached' or 'spectral'.")
     pairs = torch.view_as_real(spec.contiguous())  # (B, h, 2)
     batch, m = spec.shape[0], rt.codes.shape[0]
-    out = torch.empty((batch, m, 2) if rt.complex_out else (batch, m), device=spec.device, dtype=torch.float32)
-    block_b, block_m, block_k = blocks or default_blocks(batch, rt.group, rt.aligned)
-    aligned = rt.aligned and rt.group % block_k == 0
+    bl = blocks or default_blocks(batch, m, rt.k_reg, rt.group, rt.aligned)
+    shape = (batch, m, 2) if rt.complex_out else (batch, m)
+    # split-K partial sums are added atomically into zeros
+    out = (torch.zeros if bl.split_k > 1 else torch.empty)(shape, device=spec.device, dtype=torch.float32)
+    chunk = -(-rt.k_reg // (bl.split_k * bl.k)) * bl.k
     edges = list(rt.edge_cols) + [0, 0]
-    grid = (triton.cdiv(m, block_m), triton.cdiv(batch, block_b))
-    dot = getattr(tl, _DOT.get(dtype, "float32"))
+    consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0, MAG_BITS=rt.mag_bits,
+                  PHASE_BITS=rt.phase_bits, LLOYD=rt.lloyd, N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
+                  SPLIT_K=bl.split_k, BLOCK_M=bl.m, BLOCK_K=bl.k, num_warps=bl.warps, num_stages=bl.stages)
+    if bl.b == 1 and batch == 1:
+        _fourier_gemv_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
+            pairs, rt.codes, rt.levels, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
+            chunk, rt.codes.stride(0), edges[0], edges[1], **consts)
+        return out
+    grid = (triton.cdiv(m, bl.m), triton.cdiv(batch, bl.b), bl.split_k)
     _fourier_matmul_kernel[grid](
-        pairs, rt.codes, rt.lut, rt.scales, rt.group_start, rt.group_offset, rt.edges, out,
-        batch, m, rt.k_reg, pairs.stride(0), rt.codes.stride(0), out.stride(0), edges[0], edges[1],
-        GROUP=rt.group, ALIGNED=aligned, NCODES=rt.lut.shape[0] // 2, N_EDGE=len(rt.edge_cols),
-        COMPLEX_OUT=rt.complex_out, DOT_DTYPE=dot, BLOCK_B=block_b, BLOCK_M=block_m, BLOCK_K=block_k)
+        pairs, rt.codes, rt.levels, rt.scales, rt.group_start, rt.group_offset, rt.edges, out,
+        batch, m, rt.k_reg, chunk, pairs.stride(0), rt.codes.stride(0), out.stride(0), edges[0], edges[1],
+        DOT_DTYPE=getattr(tl, _DOT.get(dtype, "float32")), BLOCK_B=bl.b, **consts)
     return out
