@@ -23,6 +23,11 @@ patterns, like `affine`, so a dtype cast of the model cannot widen them):
 
 Group slots: non-salient weights take slot `bitmap[i,j]` (0 without a bitmap); salient columns
 take the last slot. `n_groups = 1 + bitmap + salient`.
+
+Forward modes: "auto", "cached", "dequant" as for every format (formats/base.py; "auto" tries the
+kernel first for float16/bfloat16 on CUDA), and "fused": one Triton kernel computes y from the sign
+bits (`kernels/binary_matmul.py`), W is never formed. Where it cannot run (no Triton, CPU tensors,
+PB-LLM's 8-bit outliers) "fused" computes what "dequant" does.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from llava_fa.formats.base import CompressedLinear
+from llava_fa.formats.base import Backend, CompressedLinear, dequant_forward
 from llava_fa.formats.registry import register_format
+from llava_fa.kernels import binary_matmul
 from llava_fa.quantizers.float16 import from_bits, to_bits
 from llava_fa.quantizers.packing import pack, packed_width, unpack
 
@@ -216,3 +222,18 @@ class BinaryLinear(CompressedLinear):
         return {"stored": sum(b.values()) / nw,
                 "no_masks": sum(v for k, v in b.items() if k not in MASK_BUFFERS) / nw,
                 "codes": sum(v for k, v in b.items() if k in CODE_BUFFERS) / nw}
+
+
+def _kernel_runs(layer: BinaryLinear, x: torch.Tensor) -> bool:
+    return binary_matmul.available(x) and binary_matmul.supports(layer)
+
+
+def _half_kernel_runs(layer: BinaryLinear, x: torch.Tensor) -> bool:
+    """"auto" uses the kernel on CUDA for float16/bfloat16 (float32 would run its dots in TF32)."""
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _kernel_runs(layer, x)
+
+
+_FUSED = (Backend(binary_matmul.layer_matmul, _kernel_runs), Backend(dequant_forward))
+BinaryLinear.backends = {**CompressedLinear.backends, "fused": _FUSED,
+                         "auto": (Backend(binary_matmul.layer_matmul, _half_kernel_runs),
+                                  *CompressedLinear.backends["auto"])}
