@@ -46,21 +46,28 @@ def eval_command(
                                                                    "per forward pass."),
     forward_mode: Optional[str] = typer.Option(None, "--forward-mode", help=FORWARD_MODE_HELP),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks, comma-separated "
-                                        "(e.g. wikitext,arc_easy). With --tasks ONLY these tasks run (no size, "
+                                        "(e.g. wikitext,arc_easy; with --harness lmms-eval image-text tasks, e.g. "
+                                        "mmmu_val,textvqa_val). With --tasks ONLY these tasks run (no size, "
                                         "perplexity, VQA or fidelity); --limit is then documents per task."),
-    tasks_include: Optional[Path] = typer.Option(None, "--tasks-include", help="Folder of local lm-eval task YAMLs "
-                                                 "(lm-eval's include_path); when every task is from it, the run "
+    tasks_include: Optional[Path] = typer.Option(None, "--tasks-include", help="Folder of local task YAMLs (the "
+                                                 "harness's include_path); when every task is from it, the run "
                                                  "is offline."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples per "
                                               "--tasks prompt.", show_default="each task's own"),
+    harness: Optional[str] = typer.Option(None, "--harness", help="Which harness runs --tasks: lm-eval "
+                                          "(lm-evaluation-harness; text tasks, the model as a language model) or "
+                                          "lmms-eval (image-text tasks such as mmmu_val, textvqa_val, mme: images "
+                                          "and text through the model's processor). Task names both know (mmmu_val, "
+                                          "chartqa) run where this says.", show_default="lm-eval"),
 ) -> None:
     """Evaluate a model: size/bpw, WikiText-2 perplexity, easy-VQA accuracy, fidelity to a reference; or, with
-    --tasks, lm-evaluation-harness tasks."""
+    --tasks, lm-evaluation-harness tasks (--harness lmms-eval: lmms-eval's image-text tasks)."""
     if tasks is not None:
         return harness_command(model_dir, tasks, tasks_include, limit, num_fewshot, reference, json_path, device,
-                               dtype, batch_size, forward_mode)
-    if tasks_include is not None or num_fewshot is not None:
-        raise UserError("--tasks-include and --num-fewshot go with --tasks. Fix: add --tasks NAME[,NAME...]")
+                               dtype, batch_size, forward_mode, harness)
+    if tasks_include is not None or num_fewshot is not None or harness is not None:
+        raise UserError("--tasks-include, --num-fewshot and --harness go with --tasks. "
+                        "Fix: add --tasks NAME[,NAME...]")
     check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows, vqa_root)
     from rich.console import Console
 
@@ -117,17 +124,37 @@ def check_eval_inputs(model_dir: Path, reference: Optional[Path], vqa_mode: str,
     check_text_source(text, needed=ppl_windows != 0)
 
 
+HARNESSES = {"lm-eval": "lm-eval", "lm_eval": "lm-eval", "lmms-eval": "lmms-eval", "lmms_eval": "lmms-eval",
+             "lmms": "lmms-eval"}
+
+
+def harness_name(harness: Optional[str]) -> str:
+    """--harness as 'lm-eval' or 'lmms-eval' (default lm-eval; lm_eval, lmms_eval and lmms are accepted)."""
+    if harness is None:
+        return "lm-eval"
+    name = HARNESSES.get(harness.strip().lower())
+    if name is None:
+        raise UserError(f"--harness {harness!r} is not lm-eval or lmms-eval. Fix: pass --harness lm-eval (text "
+                        f"tasks) or --harness lmms-eval (image-text tasks)")
+    return name
+
+
 def harness_command(model_dir: Path, tasks: str, include: Optional[Path], limit: Optional[int],
                     num_fewshot: Optional[int], reference: Optional[Path], json_path: Optional[Path], device: str,
-                    dtype: str, batch_size: int, forward_mode: Optional[str]) -> None:
-    """`llava-fa eval DIR --tasks ...`: lm-evaluation-harness tasks on the model, loaded by llava-fa."""
+                    dtype: str, batch_size: int, forward_mode: Optional[str], harness: Optional[str] = None) -> None:
+    """`llava-fa eval DIR --tasks ...`: lm-evaluation-harness (or lmms-eval) tasks on the model, loaded by llava-fa."""
+    which = harness_name(harness)
     manager, names = check_harness_inputs(model_dir, tasks, include, reference, forward_mode, device, dtype,
-                                          json_path)
+                                          json_path, which)
     from rich.console import Console
 
-    from llava_fa.evaluation.harness import evaluate_tasks, render_table
+    from llava_fa.evaluation.harness import render_table
     from llava_fa.runtime import resolve_device, resolve_dtype
 
+    if which == "lmms-eval":
+        from llava_fa.evaluation.lmms import evaluate_tasks
+    else:
+        from llava_fa.evaluation.harness import evaluate_tasks
     dev = resolve_device(device)
     with reported_as_user_errors():
         result = evaluate_tasks(model_dir, names, include, limit=limit, num_fewshot=num_fewshot, device=dev,
@@ -138,9 +165,10 @@ def harness_command(model_dir: Path, tasks: str, include: Optional[Path], limit:
 
 
 def check_harness_inputs(model_dir: Path, tasks: str, include: Optional[Path], reference: Optional[Path],
-                         forward_mode: Optional[str], device: str, dtype: str, json_path: Optional[Path]):
+                         forward_mode: Optional[str], device: str, dtype: str, json_path: Optional[Path],
+                         harness: str = "lm-eval"):
     """Every flag of `llava-fa eval --tasks` checked, and the task names looked up, before a model loads.
-    Returns (lm-eval TaskManager, task names)."""
+    Returns (the harness's TaskManager, task names)."""
     _require_model_folder(model_dir, "model folder")
     if reference is not None:
         raise UserError("--reference does not go with --tasks (fidelity is not measured then). Fix: run "
@@ -157,5 +185,10 @@ def check_harness_inputs(model_dir: Path, tasks: str, include: Optional[Path], r
     check_output_file(json_path, "--json", (model_dir,))
     with reported_as_user_errors():
         names = parse_tasks(tasks)
+        if harness == "lmms-eval":
+            from llava_fa.evaluation import lmms
+
+            lmms.require_lmms_eval()
+            return lmms.task_manager(names, include), names
         require_lm_eval()
         return task_manager(names, include), names

@@ -77,7 +77,8 @@ def _unknown_message(unknown: Sequence[str], known: Sequence[str], include: str 
         parts.append(f"{name!r} (close: {', '.join(close)})" if close else repr(name))
     where = "lm-eval's catalogue" + (f" or {include}" if include else "")
     return (f"unknown lm-eval task {'; '.join(parts)}: not in {where}. Fix: check the spelling (`lm-eval ls tasks` "
-            f"lists them all), or put the task's YAML in a folder and pass --tasks-include FOLDER")
+            f"lists them all), or put the task's YAML in a folder and pass --tasks-include FOLDER; image-text "
+            f"tasks (textvqa_val, mme, ...) run with --harness lmms-eval")
 
 
 def all_local(manager, names: Sequence[str], include_path: str | Path | None) -> bool:
@@ -213,8 +214,8 @@ def run_tasks(model, processor, names: Sequence[str], manager, limit: int | None
                                       log_samples=False, batch_size=batch_size)
     n_samples = {task: int(n.get("effective", n.get("original", 0))) if isinstance(n, dict) else int(n)
                  for task, n in (out.get("n-samples") or {}).items()}
-    return {"results": metrics_of(out), "n_samples": n_samples, "lm_eval_version": _version(lm_eval),
-            "limit": limit, "num_fewshot": num_fewshot, "offline": offline}
+    return {"results": metrics_of(out), "n_samples": n_samples, "harness": "lm-eval",
+            "lm_eval_version": _version(lm_eval), "limit": limit, "num_fewshot": num_fewshot, "offline": offline}
 
 
 def _version(module) -> str:
@@ -248,7 +249,8 @@ def render_table(result: dict[str, Any]):
     """The task metrics as a rich table (task, metric, value)."""
     from rich.table import Table
 
-    table = Table(title=f"llava-fa eval --tasks: {result['model_dir']}", show_header=True)
+    harness = result.get("harness", "lm-eval")
+    table = Table(title=f"llava-fa eval --tasks ({harness}): {result['model_dir']}", show_header=True)
     for column in ("task", "metric"):
         table.add_column(column)
     table.add_column("value", justify="right")
