@@ -30,7 +30,7 @@ _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index r
 
 @dataclass
 class KernelLayout:
-    codes: torch.Tensor  # uint8 (m, k_pad): mag | phase << mag_bits of the entries between DC and Nyquist
+    codes: torch.Tensor  # uint8 (k_pad, m): mag | phase << mag_bits of the entries between DC and Nyquist
     levels: torch.Tensor  # float32 (2^b_r,): twice the Lloyd levels (uniform ones are computed in the kernel)
     mag_bits: int
     phase_bits: int
@@ -84,8 +84,8 @@ def build(layer, device: torch.device) -> KernelLayout:
     h = cmask.shape[1]
     k_reg = h - len(edge_cols)
     k_pad = -(-k_reg // 16) * 16
-    codes = torch.zeros(m, k_pad, dtype=torch.uint8, device=device)
-    codes[:, :k_reg] = _code_grid(layer, cmask)[:, 1:1 + k_reg].to(torch.uint8)
+    codes = torch.zeros(k_pad, m, dtype=torch.uint8, device=device)  # output rows contiguous (the kernel's docstring)
+    codes[:k_reg] = _code_grid(layer, cmask)[:, 1:1 + k_reg].T.to(torch.uint8)
     gc, _ = layer.entry_groups()
     gid = torch.zeros(cmask.shape, dtype=torch.int64, device=device)
     gid[cmask] = gc.gid

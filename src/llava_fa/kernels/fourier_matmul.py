@@ -14,8 +14,11 @@ the activation spectrum: tensor cores for prefill, and the same reads at decode 
 16 in registers, never in memory). W and the dense spectrum are never formed.
 
 Kernel layout (built once per device from the stored buffers by `formats/fourier_runtime.py`):
-- `codes` uint8 (m, K_pad): entry k+1 of row j (the columns between DC and Nyquist) at [j, k],
-  `mag | phase << mag_bits`; one byte per complex entry, i.e. 4 bits per weight;
+- `codes` uint8 (K_pad, m): entry k+1 of row j (the columns between DC and Nyquist) at [k, j],
+  `mag | phase << mag_bits`; one byte per complex entry, i.e. 4 bits per weight. Output rows are
+  the contiguous axis, as in gemlite's packing: a (K, M) tile is the B operand of tl.dot as loaded,
+  and its loads coalesce (row-major (m, K) codes read through a transposed tile were uncoalesced:
+  ncu, 2% of the DRAM bandwidth);
 - `scales` float32 (n_groups,) and, per row, the group of its first such entry and the rank offset
   of that entry within the row's stored complex entries (rfft2 stores complex DC entries in some
   rows, which shifts that row's groups by one);
@@ -58,7 +61,7 @@ if triton is not None:
         saturated the load/store units (ncu: L1 86% busy, DRAM 1.4%); cos and sin of a float run on
         the special function units, and Lloyd levels take a select chain over 2^MAG_BITS scalars."""
         mask = (rk[:, None] < K_REG) & (rm[None, :] < M)
-        code = tl.load(codes_ptr + rm[None, :] * stride_c + rk[:, None], mask=mask, other=0,
+        code = tl.load(codes_ptr + rk[:, None] * stride_c + rm[None, :], mask=mask, other=0,
                        eviction_policy="evict_first").to(tl.int32)  # streamed once: keep L2 for the rest
         mag = code & ((1 << MAG_BITS) - 1)
         if LLOYD:
@@ -214,11 +217,11 @@ def default_blocks(batch: int, m: int, k_reg: int, group: int, aligned: bool) ->
     reads one scale per row instead of one per entry. `scripts/bench_fourier_kernel.py --sweep`
     measures the alternatives."""
     if batch == 1:  # the row-sum kernel: b = 1
-        blocks = Blocks(1, 64, 128)
+        blocks = Blocks(1, 128, 32)
         programs, tiles, split = -(-m // blocks.m), -(-k_reg // blocks.k), 1
         while programs * split < 528 and split * 2 <= tiles:
             split *= 2
-        blocks = Blocks(1, 64, 128, split)
+        blocks = Blocks(1, 128, 32, split)
     elif batch <= 16:
         blocks = Blocks(16, 32, 128)
         programs = -(-m // blocks.m)
@@ -246,7 +249,7 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
         raise RuntimeError("the fourier kernel needs Triton (it comes with CUDA builds of torch). "
                            "Fix: use forward_mode 'dequant', 'cached' or 'spectral'.")
     pairs = torch.view_as_real(spec.contiguous())  # (B, h, 2)
-    batch, m = spec.shape[0], rt.codes.shape[0]
+    batch, m = spec.shape[0], rt.codes.shape[1]
     bl = blocks or default_blocks(batch, m, rt.k_reg, rt.group, rt.aligned)
     shape = (batch, m, 2) if rt.complex_out else (batch, m)
     # split-K partial sums are added atomically into zeros
