@@ -29,6 +29,7 @@ from results_records import load, table_row  # noqa: E402
 from results_runs import ROOT, TABLES, UNCOMPRESSED, compress_flags, sweep_specs  # noqa: E402
 from results_sections import (budget_section, bench_section, codes_only_note, cpu_binary_section,  # noqa: E402
                               kernel_section, layer_bench_section)
+from results_runtime import runtime_section  # noqa: E402
 from results_studies import (baseline_properties_section, feedback_study_section, figures_section,  # noqa: E402
                              odc_circulant_section)
 
@@ -73,7 +74,7 @@ def render() -> str:
     out += feedback_study_section() + odc_circulant_section() + budget_section() + figures_section()
     out += baseline_properties_section() + cpu_binary_section()
     out += bench_section(ROOT / "docs" / "results" / "bench_cpu_small")
-    out += layer_bench_section() + kernel_section()
+    out += layer_bench_section() + kernel_section() + runtime_section()
     return "\n".join(out) + "\n"
 
 

@@ -128,8 +128,9 @@ def kernel_section() -> list[str]:
             f"({span(8, False)} at 256), the mode with the same memory promise. It is not faster than a dense "
             f"float16 matmul: {span(7, True)} of its speed at 1-16 tokens, {span(7, False)} at 256. The kernel "
             "unpacks codes with integer gathers per tile and pads decode steps to 16 rows for `tl.dot`; it reads "
-            "3.7-7x fewer weight bytes but does not reach the bandwidth bound. The `cached` mode (a dense copy per "
-            "device) stays the default for speed.", "", "```", bench.read_text().rstrip(), "```"]
+            "3.7-7x fewer weight bytes but does not reach the bandwidth bound. (Since then the default mode `auto` "
+            "runs it on CUDA, keeping the model compressed in memory; `cached`, a dense copy per device, is the "
+            "explicit mode for speed. The H200 section below has the end-to-end decode figures.)", "", "```", bench.read_text().rstrip(), "```"]
 
 
 def layer_bench_section() -> list[str]:

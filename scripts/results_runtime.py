@@ -1,0 +1,111 @@
+"""The run-time section of docs/RESULTS.md: decoding from the compressed form on one H200.
+
+Built from the records of `llava-fa bench-decode` (docs/results/decode_h200/, its gemlite/ subfolder)
+and the per-layer kernel tables (docs/results/kernels_h200/*_eager.md); every figure the text quotes
+is read from them. The bar plot is written beside the other figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from decode_table import baselines, figure, group_of, load_records, markdown
+from plots import save
+from results_runs import ROOT
+
+RESULTS = ROOT / "docs" / "results"
+DECODE = RESULTS / "decode_h200"
+KERNELS = RESULTS / "kernels_h200"
+FIGURE = RESULTS / "figures" / "decode_speed_h200.png"
+
+
+def _speedups(records: list[dict], batch: str) -> dict[str, float]:
+    """label -> tokens/s over the uncompressed run of the same records, at one batch size."""
+    base = baselines(records)
+    out = {}
+    for r in records:
+        b = base.get(group_of(r))
+        if r.get("compressed_layers") and b is not None and batch in r["decode"]:
+            out[r.get("label") or r["name"]] = r["decode"][batch]["tokens_per_s"] / b["decode"][batch]["tokens_per_s"]
+    return out
+
+
+def _memory(records: list[dict]) -> dict[str, tuple[float, float]]:
+    """label -> (weight GiB on the GPU, of which runtime workspaces GiB)."""
+    gib = float(1 << 30)
+    return {r.get("label") or r["name"]: (r["memory"]["weight_bytes"] / gib, r["memory"]["workspace_bytes"] / gib)
+            for r in records}
+
+
+def _kernel_spans() -> dict[str, str]:
+    """Ranges quoted in the text, from the per-layer kernel records (7B shapes, 1-16 tokens)."""
+    from plots import read_json
+
+    fourier, binary = read_json(KERNELS / "fourier_eager.json"), read_json(KERNELS / "binary_eager.json")
+
+    def span(values: list[float], spec: str) -> str:
+        return f"{format(min(values), spec)}-{format(max(values), spec)}"
+    f_rows = [r for r in fourier["rows"] if r["tokens"] <= 16 and r["in"] >= 4096]
+    b_rows = [r for r in binary["rows"] if r["tokens"] <= 16]
+    return {"fourier_vs_old": span([min(r["spectral_us"], r["dequant_us"]) / r["fused_us"] for r in f_rows], ".0f"),
+            "fourier_vs_dense": span([r["dense_us"] / r["fused_us"] for r in f_rows], ".2f"),
+            "fourier_bw": span([100 * r["kernel_bytes"] / r["kernel_us"] / 1e3 / fourier["copy_gbs"] for r in f_rows],
+                               ".1f"),
+            "binary_vs_dense": span([r["dense_us"] / r["fused_us"] for r in b_rows], ".2f"),
+            "binary_bw": span([100 * r["kernel_bytes"] / r["fused_us"] / 1e3 / binary["copy_gbs"] for r in b_rows],
+                              ".1f")}
+
+
+def _kernel_table(name: str) -> list[str]:
+    path = KERNELS / f"{name}_eager.md"
+    return ["```", path.read_text().rstrip(), "```"] if path.exists() else []
+
+
+def runtime_section() -> list[str]:
+    if not DECODE.exists():
+        return []
+    auto, gemlite = load_records(DECODE), load_records(DECODE / "gemlite")
+    for r in gemlite:
+        if r.get("compressed_layers"):
+            r["label"] = f"{r.get('label') or r['name']} [gemlite]"
+    # one bf16 bar (the default-mode run's); the gemlite runs measured their own, quoted in their table
+    save(figure(auto + [r for r in gemlite if r.get("compressed_layers")]), FIGURE)
+    s1, g1, g16 = _speedups(auto, "1"), _speedups(gemlite, "1"), _speedups(gemlite, "16")
+    mem = _memory(auto)
+    fourier = next(k for k in mem if k.startswith("fourier"))
+    text = (
+        "`bash scripts/device/bench_decode.sh synthetic \"bf16,affine:bits=4,fourier:mag_bits=3:phase_bits=3,binary\"` "
+        "and, for gemlite (carried as `.carry/gemlite`, on `PYTHONPATH`), `python -m llava_fa bench-decode --synthetic 7b "
+        "--formats bf16,affine:bits=4,affine:bits=2:group_size=32 --forward-mode gemlite --cuda-graphs --batch 1,16 "
+        "--prompt 512 --new-tokens 128 --device cuda`: a random Llama-2-7B-shaped decoder (all 224 linears "
+        "compressed with data-free codes: speed and memory only), bf16 activations, one decode step captured in a "
+        "CUDA graph over a static KV cache, each table measured in one run against its own bf16 row. "
+        f"Memory is met: every format holds its weights compressed on the GPU ({mem['affine:bits=4'][0]:.2f} GiB "
+        f"at 4-bit affine, {mem['binary'][0]:.2f} GiB binary, against {mem['bf16'][0]:.2f} GiB in bf16; fourier "
+        f"{mem[fourier][0]:.2f} GiB, of which {mem[fourier][1]:.2f} GiB is the kernel's one-byte-per-entry layout "
+        "kept beside the stored codes). Speed is not met by our own kernels: in the default mode `auto` "
+        + ", ".join(f"{k} decodes at {v:.2f}x" for k, v in s1.items()) + " of bf16 at batch 1. "
+        "Through gemlite (a kernel library, forward mode `gemlite`, on the same affine codes) 4-bit and 2-bit "
+        f"affine decode faster than bf16 at batch 1 ({', '.join(f'{k} {v:.2f}x' for k, v in g1.items())}) and "
+        f"slower at batch 16 ({', '.join(f'{v:.2f}x' for v in g16.values())}).")
+    k = _kernel_spans()
+    per_layer = (
+        "Per layer at 7B shapes and 1-16 tokens (`cd scripts && PYTHONPATH=../src python bench_fourier_kernel.py "
+        "--json F` and `PYTHONPATH=src python scripts/bench_binary_kernel.py --json F`, cold L2, host overhead "
+        "included, dense bf16 measured in the same run): the LLaVA-FA `fused` path (one rfft of the activation, "
+        "then `kernels/fourier_matmul.py`: codes to 2 level cos/sin tiles in registers, `tl.dot` or a row sum "
+        f"with the spectrum) is {k['fourier_vs_old']}x faster than the dequantize-per-call and spectral paths it "
+        f"replaces, {k['fourier_vs_dense']}x the speed of dense bf16; the kernel alone reads its bytes at "
+        f"{k['fourier_bw']}% of the copy bandwidth. ncu on the first version: L1 86% busy with table gathers, "
+        "uncoalesced byte loads (fixed: values computed, output rows contiguous); the remaining gap is not yet "
+        f"profiled. The binary kernel (`kernels/binary_matmul.py`): {k['binary_vs_dense']}x of dense, "
+        f"{k['binary_bw']}% of the copy bandwidth.")
+    return (["", "## Run time on one H200: decoding from the compressed form", "", text, "",
+             f"![decode speed]({FIGURE.relative_to(ROOT / 'docs').as_posix()})", "", "Default forward mode (`auto`):",
+             "", markdown(auto).rstrip(), "", "Forward mode `gemlite` for affine:", "", markdown(gemlite).rstrip(), "",
+             per_layer, ""] + _kernel_table("fourier") + [""] + _kernel_table("binary"))
+
+
+if __name__ == "__main__":  # preview
+    print("\n".join(runtime_section()))
+    print(Path(FIGURE))
