@@ -69,6 +69,15 @@ def eval_command(
         raise UserError("--tasks-include, --num-fewshot and --harness go with --tasks. "
                         "Fix: add --tasks NAME[,NAME...]")
     check_eval_inputs(model_dir, reference, vqa_mode, forward_mode, device, dtype, json_path, text, ppl_windows, vqa_root)
+    builtin_measures(model_dir, reference, full, limit, ppl_windows, vqa_mode, text, seqlen, device, dtype, vqa_root,
+                     batch_size, forward_mode, json_path)
+
+
+def builtin_measures(model_dir: Path, reference: Optional[Path], full: bool, limit: Optional[int],
+                     ppl_windows: Optional[int], vqa_mode: str, text: Optional[str], seqlen: int, device: str,
+                     dtype: str, vqa_root: Optional[Path], batch_size: int, forward_mode: Optional[str],
+                     json_path: Optional[Path]) -> None:
+    """Size, perplexity, easy-VQA and fidelity (inputs already checked), sized to the device."""
     from rich.console import Console
 
     from llava_fa.evaluation.runner import evaluate, print_result  # heavy imports: only when run
