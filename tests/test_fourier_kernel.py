@@ -80,7 +80,7 @@ def test_unsupported_forms_keep_their_backends():
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
 def test_kernel_in_the_triton_interpreter():
     code = ("import torch, tests.test_fourier_kernel as t; "
-            "t.check_fused_matches_dequant('cpu', torch.float32, 1e-4); print('ok')")
+            "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3); print('ok')")
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
                          cwd=os.path.dirname(os.path.dirname(__file__)))

@@ -22,7 +22,7 @@ import torch
 from llava_fa.kernels import fourier_matmul as kernel
 from llava_fa.quantizers.float16 import from_bits
 from llava_fa.quantizers.packing import unpack
-from llava_fa.quantizers.polar import uniform_levels
+from llava_fa.quantizers.polar import phase_values, uniform_levels
 from llava_fa.transforms import fourier as ft
 
 _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index reaches
@@ -31,10 +31,9 @@ _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index r
 @dataclass
 class KernelLayout:
     codes: torch.Tensor  # uint8 (k_pad, m): mag | phase << mag_bits of the entries between DC and Nyquist
-    levels: torch.Tensor  # float32 (2^b_r,): twice the Lloyd levels (uniform ones are computed in the kernel)
+    tables: torch.Tensor  # float16 (2^b_r + 2 * 2^b_theta,): 2 x levels, cos and sin of the phase grid
     mag_bits: int
     phase_bits: int
-    lloyd: bool
     scales: torch.Tensor  # float32 (n_groups,)
     group_start: torch.Tensor  # int32 (m,): group of each row's first stored complex entry
     group_offset: torch.Tensor  # int32 (m,): stored complex entries of the row before column 1
@@ -49,7 +48,7 @@ class KernelLayout:
     rows: torch.Tensor | None  # ODC row scales (m,)
 
     def nbytes(self) -> int:
-        tensors = [self.codes, self.levels, self.scales, self.group_start, self.group_offset, self.edges,
+        tensors = [self.codes, self.tables, self.scales, self.group_start, self.group_offset, self.edges,
                    *(self.lowrank or ()), *(t for t in (self.cols, self.rows) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -60,11 +59,13 @@ def supported(layer) -> bool:
             and p["mag_bits"] + p["phase_bits"] <= 8 and layer.layout.n_complex > 0)
 
 
-def _levels(layer, device: torch.device) -> torch.Tensor:
-    """Twice the magnitude levels (2 is the Parseval weight of a complex entry)."""
+def _tables(layer, device: torch.device) -> torch.Tensor:
+    """2 x the magnitude levels (2: the Parseval weight of a complex entry), then cos and sin of the phase
+    grid, in float16 (the levels are float16 values already; cos/sin round to 5e-4, below the bf16 dot's)."""
     p = layer.params()
     levels = from_bits(layer.mag_levels).float() if p["levels"] == "lloyd" else uniform_levels(p["mag_bits"], device)
-    return (2 * levels).to(device).contiguous()
+    theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"])
+    return torch.cat([2 * levels.to(device), torch.cos(theta), torch.sin(theta)]).half().contiguous()
 
 
 def _code_grid(layer, cmask: torch.Tensor) -> torch.Tensor:
@@ -102,8 +103,7 @@ def build(layer, device: torch.device) -> KernelLayout:
         lowrank = (A.to(torch.complex64), (B * ft.column_weights(m, n, mode, device)).to(torch.complex64))
     cols, rows = layer.odc_scales()
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    return KernelLayout(codes, _levels(layer, device), p["mag_bits"], p["phase_bits"], p["levels"] == "lloyd",
-                        from_bits(layer.mag_scales).float().contiguous(), start,
+    return KernelLayout(codes, _tables(layer, device), p["mag_bits"], p["phase_bits"], from_bits(layer.mag_scales).float().contiguous(), start,
                         offset, edges, edge_cols, k_reg, group, not bool(offset.any()), mode == "rfft2", lowrank,
                         None if cols is None else cols.float(), None if rows is None else rows.float())
 

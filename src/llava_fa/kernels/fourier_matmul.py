@@ -8,7 +8,7 @@ The weight is a half spectrum S along the input axis (transform `rfft`) or of th
 (w_k = 2 for the complex columns, which stand for their mirror too; see formats/fourier.py). A
 stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and theta =
 -pi + 2 pi phase / 2^b_theta; one byte per entry holds both codes. Each tile of codes is turned
-into the two real tiles 2 level cos(theta) and 2 level sin(theta) (computed in registers, see
+into the two real tiles 2 level cos(theta) and 2 level sin(theta) (three one-sector tables, see
 `_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
 the activation spectrum: tensor cores for prefill, and the same reads at decode (batch padded to
 16 in registers, never in memory). W and the dense spectrum are never formed.
@@ -52,26 +52,23 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c,
-                    MAG_BITS: tl.constexpr, PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr):
+    def _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c,
+                    MAG_BITS: tl.constexpr, PHASE_BITS: tl.constexpr):
         """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries rk of
         rows rm (the orientation of W^T that tl.dot takes: no transpose through shared memory).
 
-        Computed, not looked up: a table in global memory costs two gathers per entry, which
-        saturated the load/store units (ncu: L1 86% busy, DRAM 1.4%); cos and sin of a float run on
-        the special function units, and Lloyd levels take a select chain over 2^MAG_BITS scalars."""
+        Three float16 tables (2 x levels, cos, sin of the phase grid) of 2^bits entries each: at <= 4
+        bits one is at most 32 bytes, one L1 sector, so each lookup is a single wavefront. (A combined
+        2^(b_r + b_theta)-entry float32 table spans 8 sectors per lookup; cos/sin computed in registers
+        lower to libdevice's precise sinf/cosf, about a hundred instructions per entry.)"""
         mask = (rk[:, None] < K_REG) & (rm[None, :] < M)
         code = tl.load(codes_ptr + rk[:, None] * stride_c + rm[None, :], mask=mask, other=0,
                        eviction_policy="evict_first").to(tl.int32)  # streamed once: keep L2 for the rest
-        mag = code & ((1 << MAG_BITS) - 1)
-        if LLOYD:
-            rho = tl.zeros(code.shape, dtype=tl.float32)
-            for i in tl.static_range(1 << MAG_BITS):
-                rho = tl.where(mag == i, tl.load(levels_ptr + i), rho)
-        else:  # uniform levels (k + 1/2) / 2^b, times 2: the Parseval weight of a complex entry
-            rho = (mag.to(tl.float32) + 0.5) * (2.0 / (1 << MAG_BITS))
-        theta = (code >> MAG_BITS).to(tl.float32) * (6.283185307179586 / (1 << PHASE_BITS)) - 3.141592653589793
-        return rho * tl.cos(theta), rho * tl.sin(theta)
+        rho = tl.load(tables_ptr + (code & ((1 << MAG_BITS) - 1))).to(tl.float32)
+        phase = tables_ptr + (1 << MAG_BITS) + (code >> MAG_BITS)
+        cos = tl.load(phase).to(tl.float32)
+        sin = tl.load(phase + (1 << PHASE_BITS)).to(tl.float32)
+        return rho * cos, rho * sin
 
     @triton.jit
     def _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0,
@@ -102,11 +99,11 @@ if triton is not None:
         return acc_r, acc_i
 
     @triton.jit
-    def _fourier_matmul_kernel(spec_ptr, codes_ptr, levels_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
+    def _fourier_matmul_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                                out_ptr, B, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_spec, stride_c,
                                stride_out, edge0, edge1,
                                GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
-                               PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr, N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                               PHASE_BITS: tl.constexpr, N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                                SPLIT_K: tl.constexpr,
                                BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         # spec: the activation spectrum as (re, im) float32 pairs, (B, h, 2) row-major; entry k of the
@@ -125,7 +122,7 @@ if triton is not None:
             x_at = spec_ptr + rb[:, None] * stride_spec + 2 * (rk[None, :] + 1)
             xr = tl.load(x_at, mask=x_mask, other=0.0).to(DOT_DTYPE)
             xi = tl.load(x_at + 1, mask=x_mask, other=0.0).to(DOT_DTYPE)
-            wc, ws = _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS, LLOYD)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:  # one scale per output row: applied to the dot's result, not to every entry
                 wc = wc.to(DOT_DTYPE)
@@ -155,10 +152,10 @@ if triton is not None:
 
 
     @triton.jit
-    def _fourier_gemv_kernel(spec_ptr, codes_ptr, levels_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
+    def _fourier_gemv_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                              out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
                              GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
-                             PHASE_BITS: tl.constexpr, LLOYD: tl.constexpr, N_EDGE: tl.constexpr,
+                             PHASE_BITS: tl.constexpr, N_EDGE: tl.constexpr,
                              COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         # One activation row (decode at batch 1): products and a row sum on the CUDA cores instead of
@@ -172,7 +169,7 @@ if triton is not None:
             rk = k0 + tl.arange(0, BLOCK_K)
             xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
             xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
-            wc, ws = _code_tiles(codes_ptr, levels_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS, LLOYD)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:
                 acc_r += tl.sum(wc * xr + ws * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
@@ -212,30 +209,23 @@ class Blocks:
 
 
 def default_blocks(batch: int, m: int, k_reg: int, group: int, aligned: bool) -> Blocks:
-    """tl.dot wants 16 rows at least, so decode pads the batch to 16 in registers; a K split gives a
-    decode step about four programs per SM (132 on an H100/H200); an aligned K tile inside one group
-    reads one scale per row instead of one per entry. `scripts/bench_fourier_kernel.py --sweep`
-    measures the alternatives."""
-    if batch == 1:  # the row-sum kernel: b = 1
-        blocks = Blocks(1, 128, 32)
-        programs, tiles, split = -(-m // blocks.m), -(-k_reg // blocks.k), 1
-        while programs * split < 528 and split * 2 <= tiles:
-            split *= 2
-        blocks = Blocks(1, 128, 32, split)
-    elif batch <= 16:
-        blocks = Blocks(16, 32, 128)
-        programs = -(-m // blocks.m)
-        tiles = -(-k_reg // blocks.k)
-        split = 1
-        while programs * split < 528 and split * 2 <= tiles:
-            split *= 2
-        blocks = Blocks(16, 32, 128, split)
+    """One activation row: the row-sum kernel; up to 16: tl.dot with the batch padded to 16 in
+    registers; more: prefill tiles. A K split gives a decode step about four programs per SM (132 on
+    an H100/H200); an aligned K tile inside one group reads one scale per row instead of one per entry.
+    The tiles keep ptxas under 180 registers without spills for sm_90 (`scripts/kernel_static_stats.py`);
+    `scripts/bench_fourier_kernel.py --sweep` times the alternatives on a GPU."""
+    if batch > 16:
+        base = Blocks(64, 64, 32)
     else:
-        blocks = Blocks(64, 128, 32)
-    k = blocks.k
+        base = Blocks(1, 128, 32) if batch == 1 else Blocks(16, 64, 32)
+        programs, tiles, split = -(-m // base.m), -(-k_reg // base.k), 1
+        while programs * split < 528 and split * 2 <= tiles:
+            split *= 2
+        base = Blocks(base.b, base.m, base.k, split)
+    k = base.k
     while aligned and k > 16 and group % k:
         k //= 2
-    return Blocks(blocks.b, blocks.m, k, blocks.split_k, blocks.warps, blocks.stages)
+    return Blocks(base.b, base.m, k, base.split_k, base.warps, base.stages)
 
 
 _DOT = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -257,16 +247,16 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
     chunk = -(-rt.k_reg // (bl.split_k * bl.k)) * bl.k
     edges = list(rt.edge_cols) + [0, 0]
     consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0, MAG_BITS=rt.mag_bits,
-                  PHASE_BITS=rt.phase_bits, LLOYD=rt.lloyd, N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
+                  PHASE_BITS=rt.phase_bits, N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
                   SPLIT_K=bl.split_k, BLOCK_M=bl.m, BLOCK_K=bl.k, num_warps=bl.warps, num_stages=bl.stages)
     if bl.b == 1 and batch == 1:
         _fourier_gemv_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
-            pairs, rt.codes, rt.levels, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
+            pairs, rt.codes, rt.tables, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
             chunk, rt.codes.stride(0), edges[0], edges[1], **consts)
         return out
     grid = (triton.cdiv(m, bl.m), triton.cdiv(batch, bl.b), bl.split_k)
     _fourier_matmul_kernel[grid](
-        pairs, rt.codes, rt.levels, rt.scales, rt.group_start, rt.group_offset, rt.edges, out,
+        pairs, rt.codes, rt.tables, rt.scales, rt.group_start, rt.group_offset, rt.edges, out,
         batch, m, rt.k_reg, chunk, pairs.stride(0), rt.codes.stride(0), out.stride(0), edges[0], edges[1],
         DOT_DTYPE=getattr(tl, _DOT.get(dtype, "float32")), BLOCK_B=bl.b, **consts)
     return out
