@@ -47,7 +47,7 @@ if triton is not None:
 
     @triton.jit
     def _affine_matmul_kernel(x_ptr, qweight_ptr, scales_ptr, qzeros_ptr, out_ptr, M, N, K: tl.constexpr, n_groups,
-                              group_size, stride_xm, stride_om, row_bytes,
+                              group_size, stride_xm, stride_om, row_bytes, stride_qn, stride_qb, stride_sn, stride_sg,
                               BITS: tl.constexpr, SYM: tl.constexpr, TILE_IN_GROUP: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # K is a constexpr (one compile per in_features, a handful per model): Triton 3.6's interpreter
@@ -69,7 +69,8 @@ if triton is not None:
             else:
                 word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
             for j in tl.static_range(BITS):
-                byte = tl.load(qweight_ptr + rn[None, :] * row_bytes + rc[:, None] * BITS + j,
+                # stride_qn == 1 (the kernel layout, formats/affine.py): output rows contiguous, loads coalesce
+                byte = tl.load(qweight_ptr + rn[None, :] * stride_qn + (rc[:, None] * BITS + j) * stride_qb,
                                mask=c_mask, other=0)
                 word |= byte.to(word.dtype) << (8 * j)
             position = tl.arange(0, 8)
@@ -77,7 +78,8 @@ if triton is not None:
             codes = tl.reshape(codes, (BLOCK_K, BLOCK_N)).to(tl.int32)
             if TILE_IN_GROUP:  # the whole K tile shares one group per row: one scale and zero per column
                 group_n = rn * n_groups + k0 // group_size
-                scale = tl.load(scales_ptr + group_n, mask=rn < N, other=0).to(tl.float16, bitcast=True)
+                scale = tl.load(scales_ptr + rn * stride_sn + (k0 // group_size) * stride_sg, mask=rn < N,
+                                other=0).to(tl.float16, bitcast=True)
                 if SYM:
                     zero = 1 << (BITS - 1)
                 else:
@@ -85,7 +87,8 @@ if triton is not None:
                 w = scale.to(tl.float32)[None, :] * (codes - zero).to(tl.float32)
             else:
                 group = rn[None, :] * n_groups + rk[:, None] // group_size
-                scale = tl.load(scales_ptr + group, mask=w_mask, other=0).to(tl.float16, bitcast=True)
+                scale = tl.load(scales_ptr + rn[None, :] * stride_sn + (rk[:, None] // group_size) * stride_sg,
+                                mask=w_mask, other=0).to(tl.float16, bitcast=True)
                 if SYM:
                     zero = 1 << (BITS - 1)
                 else:
@@ -124,7 +127,8 @@ def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _affine_matmul_kernel[grid](
         x2, qweight, scales, qweight if qzeros is None else qzeros, out, m, n, k, scales.shape[1], group_size,
-        x2.stride(0), out.stride(0), qweight.shape[1],
+        x2.stride(0), out.stride(0), qweight.shape[1], qweight.stride(0), qweight.stride(1), scales.stride(0),
+        scales.stride(1),
         BITS=bits, SYM=qzeros is None, TILE_IN_GROUP=group_size % block_k == 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out.reshape(*lead, n)
