@@ -9,6 +9,10 @@ factor of H^-1). A group's scales are fixed when the loop reaches its first colu
 its grids); the Lloyd magnitude levels are fitted once on the unquantized spectrum. The DC and
 Nyquist rows are real and take symmetric real codes. Stored as a plain `fourier` layer (transform
 rfft_out, rank 0) through `FourierLinear.from_codes`.
+
+`-O axis=input` runs the feedback on the input-axis spectrum (transform rfft) instead: there the
+Hessian becomes T H T^T in the real DFT basis T, and each (Re, Im) pair is rounded jointly and fed
+back as a 2-column block (input_axis.py).
 """
 
 from llava_fa.methods.fa_gptq.config import FAGPTQConfig

@@ -2,7 +2,8 @@
 
 The spectrum along the output axis keeps the layer's real Hessian, so the shared column loop
 (quantizers/feedback.py) rounds its complex columns with PolarQuant and pushes each column's error
-onto the columns still to come (the package docstring says why). Stored through
+onto the columns still to come (the package docstring says why). With `axis=input` the loop runs on
+the input-axis spectrum in the real DFT basis instead (input_axis.py). Stored through
 `FourierLinear.from_codes` as a plain `fourier` layer.
 """
 
@@ -19,6 +20,7 @@ from llava_fa.formats.fourier import FourierLinear
 from llava_fa.formats.fourier_layout import Layout, SpectrumCodes
 from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.fa_gptq.config import FAGPTQConfig
+from llava_fa.methods.fa_gptq.input_axis import input_axis_codes
 from llava_fa.quantizers.feedback import feedback_quantize
 from llava_fa.quantizers.hessian import prepare_hessian
 from llava_fa.quantizers.polar import MidriseColumns, PolarColumns, polar_quantize
@@ -35,6 +37,8 @@ class FAGPTQ(Method):
         self._check_shape(name, linear.out_features, linear.in_features)
 
     def _check_shape(self, name: str, m: int, n: int) -> None:
+        if self.config.axis == "input":
+            return  # the input-axis groups run along each spectral row; its last group may be shorter
         if m % 2:
             raise ConfigError(f"fa-gptq needs an even number of outputs; {name} has {m}. Fix: --ignore it")
         if n % self.config.group_size:
@@ -49,7 +53,11 @@ class FAGPTQ(Method):
         self._check_shape("this layer", m, n)
         prepared = prepare_hessian(weight, stats.hessian(c.modality).to(weight.device), c.damp, method="fa-gptq")
         params = c.layer_params()
-        codes = spectrum_codes_with_feedback(prepared.weight, prepared.hinv_chol, params)
+        if c.axis == "input":
+            # The damped H (dead inputs handled as GPTQ does) is rotated into the real DFT basis there.
+            codes, _ = input_axis_codes(prepared.weight, prepared.hessian, params, c.damp)
+        else:
+            codes = spectrum_codes_with_feedback(prepared.weight, prepared.hinv_chol, params)
         return FourierLinear.from_codes(m, n, params, codes, bias=bias)
 
 
