@@ -96,9 +96,15 @@ def runtime_section() -> list[str]:
         "then `kernels/fourier_matmul.py`: codes to 2 level cos/sin tiles in registers, `tl.dot` or a row sum "
         f"with the spectrum) is {k['fourier_vs_old']}x faster than the dequantize-per-call and spectral paths it "
         f"replaces, {k['fourier_vs_dense']}x the speed of dense bf16; the kernel alone reads its bytes at "
-        f"{k['fourier_bw']}% of the copy bandwidth. ncu on the first version: L1 86% busy with table gathers, "
-        "uncoalesced byte loads (fixed: values computed, output rows contiguous); the remaining gap is not yet "
-        f"profiled. The binary kernel (`kernels/binary_matmul.py`): {k['binary_vs_dense']}x of dense, "
+        f"{k['fourier_bw']}% of the copy bandwidth. These timings are of commit bd36f36. What was found since: "
+        "ncu on the first version showed L1 86% busy (table gathers over 8 sectors, byte loads rows apart: "
+        "fixed by output-rows-contiguous codes); compiled offline for sm_90 (`scripts/kernel_static_stats.py`) "
+        "the timed version spends 248 registers and 6,504 SASS instructions per tile of the batch-1 kernel, "
+        "because cos/sin lower to libdevice's precise sinf/cosf; the current code looks them up in one-sector "
+        "float16 tables (96 registers, 1,264 instructions) and the affine kernel now reads column-major codes "
+        "through cp.async instead of scalar byte loads. Neither change is timed yet (no device time left in "
+        "that session): `bash scripts/device/kernels.sh` re-measures every table. "
+        f"The binary kernel (`kernels/binary_matmul.py`): {k['binary_vs_dense']}x of dense, "
         f"{k['binary_bw']}% of the copy bandwidth.")
     return (["", "## Run time on one H200: decoding from the compressed form", "", text, "",
              f"![decode speed]({FIGURE.relative_to(ROOT / 'docs').as_posix()})", "", "Default forward mode (`auto`):",
