@@ -14,8 +14,9 @@ from llava_fa.formats.binary import BinaryLinear
 from llava_fa.formats.experts import FUSED_EXPERTS, LinearExperts, unfuse_experts
 from llava_fa.formats.fourier import FourierLinear
 from llava_fa.formats.hadamard import HadamardLinear
+from llava_fa.formats.higgs import HiggsLinear
 from llava_fa.formats.lowrank import LowRankLinear
 
 __all__ = ["FORMATS", "get_format", "register_format", "CompressedLinear", "set_forward_mode", "AffineLinear",
-           "BinaryLinear", "FourierLinear", "HadamardLinear", "LowRankLinear", "FUSED_EXPERTS", "LinearExperts",
-           "unfuse_experts"]
+           "BinaryLinear", "FourierLinear", "HadamardLinear", "HiggsLinear", "LowRankLinear", "FUSED_EXPERTS",
+           "LinearExperts", "unfuse_experts"]
