@@ -25,10 +25,10 @@ from llava_fa.methods.base import LayerStats, build_config, get_method
 CONFIGS = [
     ("rtn", {"bits": 3, "group_size": 64}),
     ("gptq", {"bits": 3, "group_size": 64}),
-    ("fa", {"structure": "quant"}),
-    ("fa", {}),  # the paper's joint form with the default rank
-    ("fa", {"rank": 32, "iters": 3}),
-    ("fa", {"odc": "calibrated"}),
+    ("fa", {"transform": "rfft2", "structure": "quant"}),
+    ("fa", {"transform": "rfft2"}),  # the paper's joint form with the default rank
+    ("fa", {"transform": "rfft2", "rank": 32, "iters": 3}),
+    ("fa", {"transform": "rfft2", "odc": "calibrated"}),
     ("pb-llm", {}),  # the binarization family at its published defaults
     ("billm", {}),
     ("arb-x", {}),

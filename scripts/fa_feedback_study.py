@@ -38,8 +38,8 @@ def main() -> None:
     names = [f"model.language_model.layers.{i}.{proj}" for i in args.layers
              for proj in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj")]
     model, stats, described = testbed_layer_stats(names, args.nsamples)
-    library = [("fa quant rfft2, ODC data-free", "fa", {"structure": "quant"}),
-               ("fa quant rfft2, ODC calibrated", "fa", {"structure": "quant", "odc": "calibrated"}),
+    library = [("fa quant rfft2, ODC data-free", "fa", {"transform": "rfft2", "structure": "quant"}),
+               ("fa quant rfft2, ODC calibrated", "fa", {"transform": "rfft2", "structure": "quant", "odc": "calibrated"}),
                ("gptq 3-bit g64", "gptq", {"bits": 3, "group_size": 64}),
                ("hadamard + gptq 3-bit g64", "hadamard", {"bits": 3, "group_size": 64}),
                ("fa-gptq", "fa-gptq", {})]

@@ -86,7 +86,7 @@ def split(total: int) -> tuple[int, int]:
 
 
 def variants(b: int) -> list[tuple[str, str, dict]]:
-    q = {"structure": "quant", "odc": "off"}
+    q = {"transform": "rfft2", "structure": "quant", "odc": "off"}  # rfft2: the rows named so; as recorded
     mb, pb = split(2 * b)
     return [
         ("rtn", "rtn", {"bits": b, "group_size": 64}),
@@ -107,7 +107,7 @@ def variants(b: int) -> list[tuple[str, str, dict]]:
 
 def matched(b: int, bpw: float, iters: int) -> list[tuple[str, str, dict]]:
     """Variants with a low-rank part, given the bpw of `rfft2 polar` at b bits as their budget."""
-    j = {"odc": "off", "bpw": bpw, "iters": iters, "lr_bits": 8}
+    j = {"transform": "rfft2", "odc": "off", "bpw": bpw, "iters": iters, "lr_bits": 8}
     mb, pb = split(2 * (b - 1))
     return [
         ("rfft2 joint", "fa", {**j, "mag_bits": mb, "phase_bits": pb}),

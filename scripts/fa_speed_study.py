@@ -60,7 +60,7 @@ def fit(W: torch.Tensor, options: dict, svd: str) -> tuple[float, float, dict]:
     """(kept weighted error, wall seconds, fourier parameters) of `fa` with the given SVD."""
     from llava_fa.methods import build_config, get_method
 
-    method = get_method("fa")(build_config("fa", {**options, "svd": svd}))
+    method = get_method("fa")(build_config("fa", {"transform": "rfft2", **options, "svd": svd})  # as recorded)
     start = time.perf_counter()
     layer = method.compress(W, None)
     seconds = time.perf_counter() - start

@@ -156,7 +156,7 @@ def joint_budget(W: torch.Tensor, stats: LayerStats) -> list[dict]:
     rows = []
     for series, opts in budget_points():
         t = time.perf_counter()
-        layer = get_method("fa")(build_config("fa", opts)).compress(W, stats)
+        layer = get_method("fa")(build_config("fa", {"transform": "rfft2", **opts}))  # as recorded.compress(W, stats)
         Wq = layer.dequantize()
         p = layer.params()
         key = (series, p["rank"], p["mag_bits"], p["phase_bits"], p["real_bits"])
@@ -175,7 +175,7 @@ def convergence(W: torch.Tensor) -> list[dict]:
     out = []
     for rank in CONV_RANKS:
         opts = {"rank": rank, "iters": CONV_ITERS, "odc": "data-free"}
-        layer = get_method("fa")(build_config("fa", opts)).compress(W, None)
+        layer = get_method("fa")(build_config("fa", {"transform": "rfft2", **opts}))  # as recorded.compress(W, None)
         hist = list(layer.fit_history)
         ws = layer.scale_weight(W).norm().item()  # fit_history is the ODC-weighted error ||W_s - W_s'||
         out.append({"rank": rank, "options": opts, "bpw": layer.bits_per_weight(), "history": hist,

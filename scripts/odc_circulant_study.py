@@ -76,7 +76,8 @@ def main() -> None:
         lam = torch.fft.fft(c).real.float()  # H symmetric: c_d = c_(n-d), so the eigenvalues are real
         errs, bpw = [], 0.0
         for odc in ("off", "calibrated"):
-            cfg = build_config("fa", {"structure": "quant", "odc": odc, "odc_alpha": args.alpha})
+            cfg = build_config("fa", {"transform": "rfft2", "structure": "quant", "odc": odc,
+                                       "odc_alpha": args.alpha})  # rfft2: as recorded
             layer = get_method("fa")(cfg).compress(W, st)
             errs.append(act_err(W, layer.dequantize(torch.float32), H.float()))
             if odc == "off":

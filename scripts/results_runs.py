@@ -126,13 +126,14 @@ def in_plain_grid(run: BenchRun) -> bool:
 
 
 def in_fa_own_form(run: BenchRun) -> bool:
-    """LLaVA-FA as designed: rfft2 spectrum, PolarQuant codes, ODC on, codes stored (not low-rank only)."""
+    """LLaVA-FA as designed: a half spectrum (rfft2, or rfft along the input axis), PolarQuant codes, ODC on,
+    codes stored (not low-rank only)."""
     from llava_fa.methods.base import build_config
 
     if run.method != "fa" or run.name in FA_TABLE_EXCLUDES:
         return False
     c = build_config("fa", run.options)
-    return c.transform == "rfft2" and c.quantizer == "polar" and c.odc != "off" and c.structure != "lowrank"
+    return c.transform in ("rfft2", "rfft") and c.quantizer == "polar" and c.odc != "off" and c.structure != "lowrank"
 
 
 def rtn_gptq_rows(rs: tuple[BenchRun, ...]) -> list[BenchRun]:

@@ -15,8 +15,10 @@ DEFAULT_RANK = 8  # used by joint/lowrank when neither rank, rank_fraction nor b
 @dataclass
 class FAConfig(MethodConfig):
     transform: Literal["rfft2", "rfft", "fft2", "none"] = option(
-        "rfft2", "domain of the approximation: half 2-D spectrum, 1-D spectrum along the input axis, full 2-D "
-                 "spectrum (stores twice the reals: an ablation), or the weight itself (spatial control)")
+        "rfft", "domain of the approximation: 1-D spectrum along the input axis (the default: as good as rfft2 at "
+                "equal bits, docs/results/fa_transform_study.md, and the fused GPU kernel runs it 2-4x faster), half "
+                "2-D spectrum, full 2-D spectrum (stores twice the reals: an ablation), or the weight itself "
+                "(spatial control)")
     structure: Literal["joint", "lowrank", "quant"] = option(
         "joint", "joint: low-rank + quantized residual; lowrank: low-rank part only; quant: codes only (rank 0)")
     # Joint at rank 0 is the same as quant, so rank sweeps can start at 0.
