@@ -11,7 +11,7 @@ codes are carried over, not re-quantized, so the exported weights are exactly ou
   float16 or float32 model reads them exactly), `weight_shape` (2,);
 - one config group per (bits, group size, symmetry), targeting its modules by exact name.
 
-Other formats (fourier, binary, lowrank, hadamard) have no compressed-tensors counterpart and are
+Other formats (fourier, binary, lowrank, hadamard, higgs) have no compressed-tensors counterpart and are
 refused with a message naming them. Everything that is not a compressed module is copied as is.
 """
 
