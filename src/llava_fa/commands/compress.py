@@ -86,6 +86,9 @@ def compress(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", show_default=".OUT.work", help="Shards for resuming."),
     restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run."),
+    stream: bool = typer.Option(True, "--stream/--no-stream",
+                                help="Read each decoder layer from the safetensors files at its turn and write it "
+                                     "once compressed (memory: about one layer); --no-stream loads the whole model."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace --out if it exists and llava-fa wrote it (never another folder)."),
     report_json: Optional[Path] = typer.Option(None, "--report", help="Also write the per-layer report here."),
@@ -105,7 +108,7 @@ def compress(
     err = Console(stderr=True, quiet=quiet or not writer, soft_wrap=True)  # messages stay one line (greppable logs)
     err.print(f"compressing {model} with {rec.method} on {dev}")
     report = run_with_progress(err, model, rec, out, device=str(dev), dtype=dtype, work_dir=work_dir,
-                               restart=restart, overwrite=overwrite)
+                               restart=restart, overwrite=overwrite, stream=stream)
     if writer:
         write_reports(err, report, out, report_json, verbose)
 

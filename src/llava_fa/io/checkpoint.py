@@ -39,16 +39,22 @@ def quantization_config(model: nn.Module, method: str, method_config: dict, targ
 
 
 def save_compressed(model: nn.Module, out: Path, qconfig, processor=None, report: dict | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, shards=None) -> Path:
     """Write the compressed model (and processor) to `out` atomically.
 
-    `overwrite` replaces whatever `out` holds; check a user's --out with check_output_folder first."""
+    `overwrite` replaces whatever `out` holds; check a user's --out with check_output_folder first.
+    `shards`: an io.shards.ShardWriter that already wrote the weights (streamed compression, whose
+    model is an empty skeleton by now); else save_pretrained writes them from memory."""
     register()
     model.config.quantization_config = qconfig
     model.hf_quantizer = LlavaFAHfQuantizer(qconfig, pre_quantized=True)
     with atomic_dir(out, overwrite) as tmp:
-        # save_original_format=False: keys stay the in-memory module names that quantization_config uses.
-        model.save_pretrained(tmp, save_original_format=False)
+        if shards is None:
+            # save_original_format=False: keys stay the in-memory module names that quantization_config uses.
+            model.save_pretrained(tmp, save_original_format=False)
+        else:
+            shards.finish(tmp, model.num_parameters())
+            _save_configs(model, tmp)
         _add_load_guard(tmp / "config.json")
         if processor is not None:
             processor.save_pretrained(tmp)
@@ -59,6 +65,15 @@ def save_compressed(model: nn.Module, out: Path, qconfig, processor=None, report
             raise CheckpointError(f"refusing to write pickled files {stray}")
         write_manifest(tmp)
     return Path(out)
+
+
+def _save_configs(model: nn.Module, folder: Path) -> None:
+    """The config files save_pretrained writes beside the weights, as it writes them (transformers 5.24)."""
+    model.config.dtype = str(model.dtype).split(".")[1]
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(folder)
+    if model.can_generate():
+        model.generation_config.save_pretrained(folder)
 
 
 def _add_load_guard(config_file: Path) -> None:

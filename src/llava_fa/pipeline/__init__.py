@@ -19,6 +19,7 @@ from llava_fa.pipeline.distributed import barrier, init_world
 from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
 from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
 from llava_fa.pipeline.sequential import compress_model, image_token_id
+from llava_fa.pipeline.streaming import stream_for
 from llava_fa.pipeline.timing import StageClock
 from llava_fa.pipeline.workdir import WorkDir, drop_if_empty, finished_blocks, make_fingerprint, prepare_work_dir
 from llava_fa.runtime import resolve_dtype
@@ -34,7 +35,7 @@ WORK_DIR_VERSION = 1
 
 def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: str = "cpu", dtype: str = "auto",
                         work_dir: Path | None = None, restart: bool = False, overwrite: bool = False,
-                        on_info: Callable[[str], None] | None = None,
+                        stream: bool = True, on_info: Callable[[str], None] | None = None,
                         on_block: Callable[[int, int, str], None] | None = None,
                         on_row: Callable[[LayerReport], None] | None = None,
                         on_layers: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -42,8 +43,9 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
 
     Progress: `on_layers(n)` once the n selected layers are known, `on_row` after each layer,
     `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way.
+    `stream`: decoder layers read from the safetensors files and written one at a time (streaming.py).
     Under torchrun every rank calls it alike (distributed.py); rank 0 alone reports and writes."""
-    from llava_fa.io.checkpoint import check_model_folder, quantization_config, read_config, save_compressed
+    from llava_fa.io.checkpoint import check_model_folder, quantization_config, save_compressed
 
     world, device = init_world(device)
     info = on_info if on_info and world.writer else _silent
@@ -56,7 +58,7 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     check_not_compressed(path)
     t0, clock = time.perf_counter(), StageClock()
     with clock("load"):
-        model, processor = load(path, device, dtype)
+        model, processor, weights = load(path, device, dtype, stream, info)
     parts = find_parts(model)
     names, targets, ignore = plan(model, recipe, parts)
     blocks = make_plan(model, names, method, parts)
@@ -67,17 +69,12 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
         samples, described = calibration_samples(processor, recipe.calibration, path, multimodal=bool(parts.vision))
     info(f"calibration: {described}")
 
-    work_dir = Path(work_dir) if work_dir is not None else Path(out).parent / f".{Path(out).name}.work"
-    fingerprint = make_fingerprint(str(path.resolve()), read_config(path), recipe.to_dict(), config.to_dict(), names,
-                                   WORK_DIR_VERSION)
-    resumed = prepare_work_dir(work_dir, fingerprint, restart) if world.writer else False
-    barrier(world)  # the other ranks read the work dir rank 0 prepared
-    if resumed:
-        info(f"resuming from {work_dir}: {finished_blocks(work_dir)} finished block(s) will be loaded, not recomputed")
+    work_dir, fingerprint, resumed = open_work_dir(work_dir, out, path, recipe, config, names, restart, world, info)
+    streamer = stream_for(weights, work_dir, world.writer)
     try:
         rows = compress_model(model, method, names, samples, device=device, work_dir=work_dir,
                               fingerprint=fingerprint, on_block=on_block, on_row=on_row, plan=blocks, world=world,
-                              clock=clock)
+                              clock=clock, stream=streamer)
     except BaseException:
         if world.writer:
             drop_if_empty(work_dir, resumed)
@@ -88,10 +85,25 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     if world.writer:
         qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
         with clock("save"):  # after the report: its stage_seconds cover the run up to saving
-            save_compressed(model, out, qconfig, processor, report, overwrite=overwrite)
+            save_compressed(model, out, qconfig, processor, report, overwrite=overwrite, shards=streamer.writer)
         shutil.rmtree(work_dir, ignore_errors=True)
     barrier(world)
     return report
+
+
+def open_work_dir(work_dir: Path | None, out: Path, path: Path, recipe, config, names: list[str], restart: bool,
+                  world, info: Callable[[str], None]) -> tuple[Path, str, bool]:
+    """The run's work folder (resume state), its fingerprint, and whether finished blocks are reused."""
+    from llava_fa.io.checkpoint import read_config
+
+    work_dir = Path(work_dir) if work_dir is not None else Path(out).parent / f".{Path(out).name}.work"
+    fingerprint = make_fingerprint(str(path.resolve()), read_config(path), recipe.to_dict(), config.to_dict(), names,
+                                   WORK_DIR_VERSION)
+    resumed = prepare_work_dir(work_dir, fingerprint, restart) if world.writer else False
+    barrier(world)  # the other ranks read the work dir rank 0 prepared
+    if resumed:
+        info(f"resuming from {work_dir}: {finished_blocks(work_dir)} finished block(s) will be loaded, not recomputed")
+    return work_dir, fingerprint, resumed
 
 
 def _silent(message: str) -> None:
@@ -182,12 +194,16 @@ def check_not_compressed(path: Path) -> None:
         raise ConfigError(f"{path} is already compressed by llava-fa; compress the original model instead")
 
 
-def load(path: Path, device: str, dtype: str):
-    """(model on the CPU, its processor or None) in the precision it will compute in on `device`
-    (runtime.resolve_dtype: `auto` is float32 on CPU, the stored dtype on CUDA)."""
-    from llava_fa.io.checkpoint import load_model, load_processor
+def load(path: Path, device: str, dtype: str, stream: bool = False, info: Callable[[str], None] = _silent):
+    """(model on the CPU, its processor or None, where its weights come from) in the precision it will
+    compute in on `device` (runtime.resolve_dtype: `auto` is float32 on CPU, the stored dtype on
+    CUDA). `stream`: a meta skeleton and its LazyWeights where streaming.py can apply (weights None:
+    the model was loaded whole)."""
+    from llava_fa.io.checkpoint import load_processor
+    from llava_fa.pipeline.streaming import open_model
 
-    return load_model(path, "cpu", resolve_dtype(dtype, device)), load_processor(path)
+    model, weights = open_model(path, resolve_dtype(dtype, device), stream, info)
+    return model, load_processor(path), weights
 
 
 def calibration_samples(processor, cal, path: Path, multimodal: bool) -> tuple[list[dict], str]:

@@ -104,7 +104,6 @@ _PRODUCT_ELEMENTS = 1 << 24
 @dataclass
 class _Tracked:
     module: nn.Module
-    weight: torch.Tensor  # W, float32
     diff: torch.Tensor  # W - W_hat, float32
     error_sq: torch.Tensor  # sum of ||(W - W_hat) x||^2, float64, on the device of `diff`
     signal_sq: torch.Tensor  # sum of ||W x||^2, likewise
@@ -115,21 +114,24 @@ class ActivationErrorMeter:
     """Accumulates ||(W - W_hat) x||^2 and ||W x||^2 over the inputs x of compressed modules.
 
     `track` each module after compressing it; while the meter is entered (`with meter:`), forward
-    pre-hooks feed it every input those modules receive. `errors()` gives the act_error per name
-    and drops the dense weights it kept.
+    hooks feed it every input those modules receive with the output they give. W x is taken as
+    W_hat x (that output, less the bias) + (W - W_hat) x: the meter keeps W - W_hat only, not W as
+    well, which saves a dense copy of every compressed weight of the block until it is measured
+    (what bounds memory in streamed compression). `errors()` gives the act_error per name and drops
+    what it kept.
     """
 
     def __init__(self) -> None:
         self._tracked: dict[str, _Tracked] = {}
         self._handles: list = []
 
-    def track(self, name: str, module: nn.Module, weight: torch.Tensor, diff: torch.Tensor) -> None:
+    def track(self, name: str, module: nn.Module, diff: torch.Tensor) -> None:
         zero = torch.zeros((), dtype=torch.float64, device=diff.device)
-        self._tracked[name] = _Tracked(module, weight.detach().float(), diff.detach().float(), zero, zero.clone())
+        self._tracked[name] = _Tracked(module, diff.detach().float(), zero, zero.clone())
 
     def __enter__(self) -> "ActivationErrorMeter":
         for name, tracked in self._tracked.items():
-            self._handles.append(tracked.module.register_forward_pre_hook(partial(self._on_input, name)))
+            self._handles.append(tracked.module.register_forward_hook(partial(self._on_forward, name)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -137,21 +139,24 @@ class ActivationErrorMeter:
             handle.remove()
         self._handles.clear()
 
-    def _on_input(self, name: str, module: nn.Module, args: tuple) -> None:
-        self.add(name, args[0])
+    def _on_forward(self, name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        bias = getattr(module, "bias", None)
+        self.add(name, args[0], output if bias is None else output - bias.to(output.dtype))
 
-    def add(self, name: str, x: torch.Tensor) -> None:
-        """Accumulate the input `x` (..., in_features) of module `name`."""
+    def add(self, name: str, x: torch.Tensor, y_hat: torch.Tensor) -> None:
+        """Accumulate the input `x` (..., in_features) of module `name` and its output W_hat x
+        (..., out_features, without bias)."""
         t = self._tracked[name]
         if t.diff.device != x.device:  # the module ran on another device (the catch pass): follow it once
-            t.weight, t.diff = t.weight.to(x.device), t.diff.to(x.device)
+            t.diff = t.diff.to(x.device)
             t.error_sq, t.signal_sq = t.error_sq.to(x.device), t.signal_sq.to(x.device)
         rows = x.detach().reshape(-1, x.shape[-1])
-        step = max(1, _PRODUCT_ELEMENTS // t.weight.shape[0])
-        for chunk in rows.split(step):
-            chunk = chunk.float()
-            t.error_sq += (chunk @ t.diff.T).square().sum(dtype=torch.float64)
-            t.signal_sq += (chunk @ t.weight.T).square().sum(dtype=torch.float64)
+        outs = y_hat.detach().reshape(-1, y_hat.shape[-1])
+        step = max(1, _PRODUCT_ELEMENTS // t.diff.shape[0])
+        for chunk, out in zip(rows.split(step), outs.split(step)):
+            error = chunk.float() @ t.diff.T
+            t.error_sq += error.square().sum(dtype=torch.float64)
+            t.signal_sq += (out.float() + error).square().sum(dtype=torch.float64)
         t.tokens += rows.shape[0]
 
     def errors(self) -> dict[str, float | None]:

@@ -39,6 +39,7 @@ from llava_fa.pipeline.devices import device_of, move_except, on_device, to_devi
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
+from llava_fa.pipeline.streaming import IN_MEMORY, InMemory
 from llava_fa.pipeline.timing import StageClock
 from llava_fa.pipeline.workdir import WorkDir
 
@@ -64,6 +65,7 @@ class CompressionRun:
     on_row: Callable[[LayerReport], None] | None = None
     world: World = SINGLE  # the ranks of a distributed run (distributed.py)
     clock: StageClock = field(default_factory=StageClock)  # wall seconds per stage (timing.py)
+    stream: InMemory = IN_MEMORY  # loads and writes the model's parts at the boundaries (streaming.py)
     rows: list[LayerReport] = field(default_factory=list)
     finished: int = 0
 
@@ -90,7 +92,8 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
                    device: str | torch.device = "cpu", work_dir: Path | None = None, fingerprint: str = "",
                    on_block: Callable[[int, int, str], None] | None = None,
                    on_row: Callable[[LayerReport], None] | None = None, plan: Plan | None = None,
-                   world: World = SINGLE, clock: StageClock | None = None) -> list[LayerReport]:
+                   world: World = SINGLE, clock: StageClock | None = None,
+                   stream: InMemory = IN_MEMORY) -> list[LayerReport]:
     """Compress the linear layers `names` of `model` in place; return one report row per layer.
 
     `samples`: calibration inputs (batch-1 dicts), may be empty for methods that need no
@@ -99,7 +102,8 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
     `on_row(report)` (once per layer, when its block is finished) report progress. `plan`: the
     plan of `names` if the caller made it already (its targets are not checked again). `world`: the
     ranks of a distributed run (distributed.py); every rank calls this with the same arguments.
-    `clock`: collects the wall seconds of each stage (timing.py).
+    `clock`: collects the wall seconds of each stage (timing.py). `stream`: a `streaming.Streamed`
+    when `model` is a meta skeleton filled and written a layer at a time (streaming.py).
     """
     # A coarsely quantized layer can feed denormal floats to the next ones, and x86 CPUs process
     # those ~5x slower (measured: testbed, rtn 3-bit, 130 s -> 27 s). Values below 1e-38 carry no
@@ -111,7 +115,7 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
         elif list(plan.names) != list(names):
             raise ValueError("compress_model: the plan was made for other layers than `names`")
         return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
-                               on_block, on_row, world, clock or StageClock())
+                               on_block, on_row, world, clock or StageClock(), stream)
     finally:
         if flushing:
             torch.set_flush_denormal(False)
@@ -120,19 +124,25 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
 @torch.no_grad()
 def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[dict], device: torch.device,
                     work_dir: Path | None, fingerprint: str, on_block, on_row, world: World,
-                    clock: StageClock) -> list[LayerReport]:
+                    clock: StageClock, stream: InMemory) -> list[LayerReport]:
     check_calibration(model, method, plan, samples)
-    run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device,
-                         home=next(model.get_submodule(plan.parts.layers)[0].parameters()).device,
+    # A streamed skeleton's layers sit on meta between their turns: their home while in memory is the CPU.
+    home = torch.device("cpu") if stream is not IN_MEMORY else device_of(model.get_submodule(plan.parts.layers)[0])
+    run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device, home=home,
                          dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
                          work=WorkDir(work_dir, fingerprint, writer=world.writer), on_block=on_block, on_row=on_row,
-                         world=world, clock=clock)
+                         world=world, clock=clock, stream=stream)
     clock.cuda = device.type == "cuda"
+    stream.before_capture(run)
     inputs = compress_pre(run)
+    stream.after_capture(run)
     for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
         compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
         inputs.calls[i], inputs.added[i] = [], []  # layer i is done: what only it received can go
+    stream.before_post(run)
     compress_post(run, inputs.hidden)
+    with clock("save shards"):
+        stream.finish(run)
     return run.rows
 
 
@@ -192,18 +202,22 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
                    calls: list[LayerCall | None], added: list[torch.Tensor | None]) -> None:
     """Compress the targets of decoder layer `index` (if any); its outputs (plus what the model adds
     after it) replace `hidden`."""
+    run.stream.take_layer(run, index)
     layer = run.layers[index].to(run.device)
     names = run.plan.layers.get(index, ())
     block = None
     if names:
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
                            partial(feed_layer, run, layer, hidden, calls))
+    run.stream.before_forward(run, index)
     with measuring(block):
         with run.clock("forward"):
             propagate(layer, hidden, calls, added)
     layer.to(run.home)
     if block is not None:
         close_block(run, block)
+    with run.clock("save shards"):
+        run.stream.leave_layer(run, index)
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -280,12 +294,12 @@ def compress_linear(run: CompressionRun, name: str, stats: LayerStats | None) ->
 
 def install(run: CompressionRun, block: str, name: str, compressed: CompressedLinear, fields: dict,
             meter: ActivationErrorMeter | None) -> LayerReport:
-    """Swap a compressed layer into the model and report it (the meter keeps W until it measured it)."""
+    """Swap a compressed layer into the model and report it (the meter keeps W - W_hat until it measured it)."""
     weight = run.model.get_submodule(name).weight.detach().float()
     diff = weight - compressed.dequantize(torch.float32).to(weight.device)
     row = report_row(name, block, run.method.name, weight, diff, compressed, fields["seconds"])
     if meter is not None:
-        meter.track(name, compressed, weight, diff)
+        meter.track(name, compressed, diff)
     set_module(run.model, name, compressed)
     return replace(row, **{k: v for k, v in fields.items() if k != "seconds"})
 
