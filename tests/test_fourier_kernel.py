@@ -59,9 +59,9 @@ def check_fused_matches_dequant(device: str, dtype: torch.dtype, tol: float) -> 
 
 
 def test_fused_without_triton_is_the_spectral_path(monkeypatch):
-    from llava_fa.kernels import fourier_matmul
+    from llava_fa.kernels import triton_support
 
-    monkeypatch.setattr(fourier_matmul, "triton", None)
+    monkeypatch.setattr(triton_support, "triton", None)
     layer = make_layer(*CASES[1][:2], CASES[1][2])
     x = torch.randn(5, CASES[1][1])
     layer.forward_mode = "fused"

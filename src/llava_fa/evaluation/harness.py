@@ -232,15 +232,26 @@ def evaluate_tasks(model_dir: str | Path, names: Sequence[str], include_path: st
     """Load a model folder with `load_model_and_processor` (compressed layers registered) and run the tasks.
 
     Returns run_tasks' dict with "model_dir", "model_type", "tasks" and "device" added."""
+    manager = manager if manager is not None else task_manager(names, include_path)
+    model, processor = load_for_tasks(model_dir, device, dtype, forward_mode)
+    result = run_tasks(model, processor, names, manager, limit, num_fewshot, batch_size,
+                       offline=all_local(manager, names, include_path))
+    return with_model_fields(result, model_dir, model, names, device)
+
+
+def load_for_tasks(model_dir: str | Path, device, dtype, forward_mode: str | None):
+    """The model and processor our loader builds (compressed layers registered), in the chosen forward mode:
+    what both harnesses evaluate."""
     from llava_fa.io.checkpoint import load_model_and_processor
 
-    manager = manager if manager is not None else task_manager(names, include_path)
     model, processor = load_model_and_processor(Path(model_dir), device, dtype)
     if forward_mode is not None:
         from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
-    result = run_tasks(model, processor, names, manager, limit, num_fewshot, batch_size,
-                       offline=all_local(manager, names, include_path))
+    return model, processor
+
+
+def with_model_fields(result: dict[str, Any], model_dir, model, names: Sequence[str], device) -> dict[str, Any]:
     return {"model_dir": str(model_dir), "model_type": model.config.model_type, "tasks": list(names),
             "device": str(device), **result}
 

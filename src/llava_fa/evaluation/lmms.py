@@ -25,7 +25,7 @@ import torch
 
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.evaluation._common import model_device, on_model, prepare_tokenizer, tokenizer_of
-from llava_fa.evaluation.harness import hub_offline, metrics_of
+from llava_fa.evaluation.harness import hub_offline, load_for_tasks, metrics_of, with_model_fields
 
 # lmms-eval's declared requirements pull a CUDA torchvision (and ~50 other packages); on a CPU torch
 # only tenacity is needed besides what llava-fa already installs.
@@ -325,14 +325,8 @@ def evaluate_tasks(model_dir: str | Path, names: Sequence[str], include_path: st
                    batch_size: int = 1, forward_mode: str | None = None, manager=None) -> dict[str, Any]:
     """Load a model folder with `load_model_and_processor` (compressed layers registered) and run the
     lmms-eval tasks. Returns run_tasks' dict with "model_dir", "model_type", "tasks" and "device" added."""
-    from llava_fa.io.checkpoint import load_model_and_processor
-
     manager = manager if manager is not None else task_manager(names, include_path)
-    model, processor = load_model_and_processor(Path(model_dir), device, dtype)
-    if forward_mode is not None:
-        from llava_fa.formats import set_forward_mode
-        set_forward_mode(model, forward_mode)
+    model, processor = load_for_tasks(model_dir, device, dtype, forward_mode)
     result = run_tasks(model, processor, names, manager, limit, num_fewshot, batch_size,
                        offline=all_local(manager, names, include_path))
-    return {"model_dir": str(model_dir), "model_type": model.config.model_type, "tasks": list(names),
-            "device": str(device), **result}
+    return with_model_fields(result, model_dir, model, names, device)

@@ -14,22 +14,10 @@ tensors (slowly), which is how the CPU tests check it when Triton is installed.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-try:  # Triton ships with CUDA builds of torch, not with the CPU build
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
-
-
-def available(x: torch.Tensor) -> bool:
-    """Whether the fused kernel can run on `x`'s device."""
-    if triton is None:
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+from llava_fa.kernels.triton_support import available, tl, triton  # noqa: F401 (available: the kernel's)
 
 
 if triton is not None:

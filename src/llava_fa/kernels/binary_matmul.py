@@ -37,24 +37,12 @@ import: without it `available()` is False; `TRITON_INTERPRET=1` runs the kernel 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-try:  # Triton ships with CUDA builds of torch, not with the CPU build
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
-
-
-def available(x: torch.Tensor) -> bool:
-    """Whether the kernel can run on `x`'s device."""
-    if triton is None:
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+from llava_fa.kernels.triton_support import available, tl, triton  # noqa: F401 (available: the kernel's)
 
 
 def supports(layer) -> bool:
