@@ -45,7 +45,7 @@ def test_summary_names_the_bits_and_the_layers_with_a_shorter_last_group():
     assert not any("shorter" in line for line in summarize(model, names, parts, ignore, _method(group_size=32)))
     # fa groups entries of its spectrum, not input columns: no such note
     fa = summarize(model, names, parts, ignore, _method("fa", group_size=48))
-    assert not any("shorter" in line for line in fa) and fa[0].startswith("method fa: transform=rfft2")
+    assert not any("shorter" in line for line in fa) and fa[0].startswith("method fa: transform=rfft,")
 
 
 def test_compress_prints_the_summary_before_calibrating(tmp_path, run):
