@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 import torch.nn.functional as F
 
-from bench_kernels import GRAPHS, copy_bandwidth, time_us
+from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 from llava_fa.formats.binary import BinaryLinear, BinaryParts
 from llava_fa.kernels import binary_matmul as bm
 
@@ -116,10 +115,7 @@ def main() -> None:
     for (out_f, in_f), layout, tokens in itertools.product(SHAPES, args.layouts, args.tokens):
         rows.append(measure(out_f, in_f, layout, tokens, args.sweep))
         print(table_line(rows[-1], copy_gbs), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "cudagraph": args.cudagraph,
-                       "rows": rows}, f, indent=1, default=str)
+    write_record(args.json, copy_gbs, rows, cudagraph=args.cudagraph)
 
 
 if __name__ == "__main__":

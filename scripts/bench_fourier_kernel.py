@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 import torch.nn.functional as F
-from bench_kernels import GRAPHS, copy_bandwidth, time_us
+from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 
 from llava_fa.formats import fourier_runtime
 from llava_fa.formats.fourier import FourierLinear
@@ -138,9 +137,7 @@ def main() -> None:
     for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
         rows.append(measure(out_f, in_f, form, tokens))
         print(table_line(rows[-1], copy_gbs), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
+    write_record(args.json, copy_gbs, rows)
 
 
 if __name__ == "__main__":

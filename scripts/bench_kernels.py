@@ -47,6 +47,14 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * 4 / time_us(lambda: b.copy_(a)) / 1e3
 
 
+def write_record(path: str | None, copy_gbs: float, rows: list[dict], **extra) -> None:
+    """The measurements as JSON (with the device and the copy bandwidth they are read against)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, **extra, "rows": rows}, f,
+                      indent=1, default=str)
+
+
 def measure(out_f: int, in_f: int, bits: int, tokens: int, group: int) -> dict:
     torch.manual_seed(0)
     w = torch.randn(out_f, in_f) * 0.02
@@ -112,9 +120,7 @@ def main() -> None:
     for (out_f, in_f), bits, tokens in itertools.product(SHAPES, args.bits, args.tokens):
         rows.append(measure(out_f, in_f, bits, tokens, args.group_size))
         print(table_line(rows[-1], copy_gbs), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}, f, indent=1)
+    write_record(args.json, copy_gbs, rows)
 
 
 if __name__ == "__main__":

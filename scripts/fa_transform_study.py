@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layer_studies import act_error, write_json  # noqa: E402  (scripts/ is not a package)
+from layer_studies import act_error, collect_layers, write_json  # noqa: E402  (scripts/ is not a package)
 
 from llava_fa.calibration.stats import LayerStats  # noqa: E402
 from llava_fa.methods import build_config, get_method  # noqa: E402
@@ -87,29 +87,11 @@ def load(layers: list[int], nsamples: int, seqlen: int, seed: int, cache: Path |
         blob = torch.load(cache, weights_only=False)  # our own file: it holds LayerStats objects
         if blob["key"] == [layers, nsamples, seqlen, seed]:
             return blob["weights"], blob["stats"], blob["what"]
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from llava_fa.calibration.data import build_samples
-    from llava_fa.calibration.stats import StatsCollector
-    from llava_fa.commands.testbed import ensure_testbed
-
-    d = ensure_testbed()
-    model = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
-    proc = AutoProcessor.from_pretrained(d)
-    # `llava-fa compress`'s default calibration: --calib auto (mixed for a multimodal model).
-    samples, what = build_samples(proc, "mixed", nsamples, seqlen, seed=seed, multimodal=True)
-    mods = {f"layers.{i}.{w}": model.get_submodule(f"model.language_model.layers.{i}.{w}")
-            for i in layers for w in WEIGHTS}
-    image_id = model.config.image_token_id
-    with StatsCollector(mods, {"xtx"}) as col, torch.no_grad():
-        for s in samples:
-            col.new_sample(s["input_ids"] == image_id)
-            model(**s)
-    weights = {k: m.weight.detach().float().clone() for k, m in mods.items()}
+    weights, stats, what = collect_layers(layers, WEIGHTS, nsamples, seqlen, seed)
     if cache is not None:
-        torch.save({"key": [layers, nsamples, seqlen, seed], "weights": weights, "stats": col.stats, "what": what},
+        torch.save({"key": [layers, nsamples, seqlen, seed], "weights": weights, "stats": stats, "what": what},
                    cache)
-    return weights, col.stats, what
+    return weights, stats, what
 
 
 # --- one run ---------------------------------------------------------------------------------------

@@ -56,6 +56,13 @@ def log(msg: str, t0: float) -> None:
 
 def load_layers(layer: int, nsamples: int, seed: int) -> tuple[dict, dict, str]:
     """Weights and input statistics (X^T X, split by modality) of the studied linear layers."""
+    return collect_layers([layer], WEIGHTS, nsamples, 256, seed)
+
+
+def collect_layers(layers: list[int], names: list[str], nsamples: int, seqlen: int, seed: int
+                   ) -> tuple[dict, dict, str]:
+    """Weights and X^T X of the linears `names` of decoder `layers` ("layers.I.NAME"), calibrated as
+    `llava-fa compress` does by default (--calib auto: mixed easy-VQA and WikiText-2 samples)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from llava_fa.calibration.data import build_samples
@@ -65,8 +72,9 @@ def load_layers(layer: int, nsamples: int, seed: int) -> tuple[dict, dict, str]:
     d = ensure_testbed()
     model = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
     proc = AutoProcessor.from_pretrained(d)
-    samples, what = build_samples(proc, "mixed", nsamples, 256, seed=seed, multimodal=True)
-    mods = {f"layers.{layer}.{w}": model.get_submodule(f"model.language_model.layers.{layer}.{w}") for w in WEIGHTS}
+    samples, what = build_samples(proc, "mixed", nsamples, seqlen, seed=seed, multimodal=True)
+    mods = {f"layers.{i}.{w}": model.get_submodule(f"model.language_model.layers.{i}.{w}")
+            for i in layers for w in names}
     image_id = model.config.image_token_id
     with StatsCollector(mods, {"xtx"}) as col, torch.no_grad():
         for s in samples:

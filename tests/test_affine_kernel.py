@@ -6,12 +6,10 @@ subprocess: the interpreter is chosen when the kernel module is imported), and o
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import run_in_triton_interpreter
 
 from llava_fa.formats import AffineLinear
 from llava_fa.quantizers import AffineSpec, quantize_grouped
@@ -59,12 +57,8 @@ def test_fused_without_triton_is_the_dequant_path():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
 def test_kernel_in_the_triton_interpreter():
-    code = ("import torch, tests.test_affine_kernel as t; "
-            "t.check_fused_matches_dequant('cpu', torch.float32, 1e-5); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+    run_in_triton_interpreter("import torch, test_affine_kernel as t; "
+                              "t.check_fused_matches_dequant('cpu', torch.float32, 1e-5)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,12 +7,10 @@ gives garbage for bfloat16, so bfloat16 is checked on CUDA only), and on CUDA wh
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import run_in_triton_interpreter
 
 from llava_fa.formats.binary import BinaryLinear
 from llava_fa.methods import LayerStats, build_config, get_method
@@ -110,12 +108,8 @@ def test_layout_is_runtime_only_and_small():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
 def test_kernel_in_the_triton_interpreter():
-    code = ("import torch, tests.test_binary_kernel as t; "
-            "t.check_kernel_matches_dequant('cpu', {torch.float32: 1e-5, torch.float16: 5e-3}); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+    run_in_triton_interpreter("import torch, test_binary_kernel as t; "
+                              "t.check_kernel_matches_dequant('cpu', {torch.float32: 1e-5, torch.float16: 5e-3})")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and Triton")

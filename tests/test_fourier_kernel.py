@@ -7,12 +7,10 @@ there is a GPU.
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import run_in_triton_interpreter
 
 from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods.fa import fit_layer
@@ -79,12 +77,8 @@ def test_unsupported_forms_keep_their_backends():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
 def test_kernel_in_the_triton_interpreter():
-    code = ("import torch, tests.test_fourier_kernel as t; "
-            "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+    run_in_triton_interpreter("import torch, test_fourier_kernel as t; "
+                              "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -77,10 +77,25 @@ def _code_grid(layer, cmask: torch.Tensor) -> torch.Tensor:
     return grid
 
 
+def _edge_values(layer, cmask: torch.Tensor, rmask: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    """The stored entries of the self-conjugate columns times their Parseval weight, (m, E, 2) float32 (re, im):
+    taken from the stored entries in their row-major order, without filling the whole m x h grid."""
+    vc, vr = layer.code_values()
+    wc, wr = ft.entry_weights(layer.mode)
+    in_edge = torch.zeros_like(cmask)
+    in_edge[:, cols] = True
+    out = torch.zeros(cmask.shape[0], len(cols), dtype=torch.complex64, device=cmask.device)
+    if vc is not None:
+        out[cmask[:, cols]] = vc[in_edge[cmask]].to(torch.complex64) * wc
+    if vr is not None and vr.numel():
+        out[rmask[:, cols]] = vr[in_edge[rmask]].to(torch.complex64) * wr
+    return torch.view_as_real(out).float().contiguous()
+
+
 def build(layer, device: torch.device) -> KernelLayout:
     """The kernel layout of `layer` (its buffers must be on `device`)."""
     p, m, n, mode = layer.params(), layer.out_features, layer.in_features, layer.mode
-    cmask, _ = ft.stored_masks(m, n, mode, device)
+    cmask, rmask = ft.stored_masks(m, n, mode, device)
     edge_cols = tuple(ft.self_conjugate_columns(n, mode))
     h = cmask.shape[1]
     k_reg = h - len(edge_cols)
@@ -92,10 +107,7 @@ def build(layer, device: torch.device) -> KernelLayout:
     gid[cmask] = gc.gid
     offset = cmask[:, 0].to(torch.int32)  # rfft2 rows whose DC entry is complex: it comes first
     start = torch.where(offset.bool(), gid[:, 0], gid[:, 1]).to(torch.int32)
-    vc, vr = layer.code_values()
-    weighted = ft.fill(vc, vr, m, n, mode, weighted=True)
-    edges = torch.view_as_real(weighted[:, list(edge_cols)].contiguous()).float().contiguous()
-    del weighted
+    edges = _edge_values(layer, cmask, rmask, list(edge_cols))
     factors = layer.lowrank_factors()
     lowrank = None
     if factors is not None:
@@ -103,8 +115,9 @@ def build(layer, device: torch.device) -> KernelLayout:
         lowrank = (A.to(torch.complex64), (B * ft.column_weights(m, n, mode, device)).to(torch.complex64))
     cols, rows = layer.odc_scales()
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    return KernelLayout(codes, _tables(layer, device), p["mag_bits"], p["phase_bits"], from_bits(layer.mag_scales).float().contiguous(), start,
-                        offset, edges, edge_cols, k_reg, group, not bool(offset.any()), mode == "rfft2", lowrank,
+    return KernelLayout(codes, _tables(layer, device), p["mag_bits"], p["phase_bits"],
+                        from_bits(layer.mag_scales).float().contiguous(), start, offset, edges, edge_cols, k_reg, group,
+                        not bool(offset.any()), mode == "rfft2", lowrank,
                         None if cols is None else cols.float(), None if rows is None else rows.float())
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from llava_fa.kernels.triton_support import available, tl, triton  # noqa: F401 (available: the kernel's)
+from llava_fa.kernels.triton_support import as_rows, available, require_triton, tl, triton  # noqa: F401
 
 
 if triton is not None:
@@ -102,13 +102,8 @@ def affine_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
                   bits: int, group_size: int, out_features: int,
                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
     """`x @ W.T` for an `affine` layer's stored tensors; x is (..., in_features)."""
-    if triton is None:
-        raise RuntimeError("the fused affine kernel needs Triton (it comes with CUDA builds of torch). "
-                           "Fix: use forward_mode 'cached' or 'dequant', or install a CUDA build of torch.")
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    require_triton("fused affine")
+    (lead, x2), k = as_rows(x), x.shape[-1]
     m, n = x2.shape[0], out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     block_m, block_n, block_k = blocks or default_blocks(m, group_size)

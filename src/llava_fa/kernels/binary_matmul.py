@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llava_fa.kernels.triton_support import available, tl, triton  # noqa: F401 (available: the kernel's)
+from llava_fa.kernels.triton_support import as_rows, available, require_triton, tl, triton  # noqa: F401
 
 
 def supports(layer) -> bool:
@@ -247,13 +247,8 @@ def _subs(k: int, block_k: int, block_size: int) -> int:
 def binary_matmul(x: torch.Tensor, lay: BinaryLayout, bias: torch.Tensor | None = None,
                   blocks: tuple[int, int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor:
     """`x @ W.T (+ bias)` for a layer's kernel layout; x is (..., in_features)."""
-    if triton is None:
-        raise RuntimeError("the fused binary kernel needs Triton (it comes with CUDA builds of torch). "
-                           "Fix: use forward_mode 'cached' or 'dequant', or install a CUDA build of torch.")
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    require_triton("fused binary")
+    (lead, x2), k = as_rows(x), x.shape[-1]
     (m, n), G = (x2.shape[0], lay.signs.shape[0]), lay.row_scales.shape[2]
     block_m, block_n, block_k, split = blocks or default_blocks(m, n, k, lay.block_size, _sm_count(x.device))
     k_tiles = triton.cdiv(k, block_k)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llava_fa.kernels.triton_support import available, tl, triton  # noqa: F401 (available: the kernel's)
+from llava_fa.kernels.triton_support import available, require_triton, tl, triton  # noqa: F401
 
 
 if triton is not None:
@@ -223,9 +223,7 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
     """Z (B, m) float32, or (B, m, 2) (re, im) for rfft2, from the activation spectrum `spec`
     (B, h) complex64 and the kernel layout `rt` (formats/fourier_runtime.KernelLayout); `dtype`
     is the activation's (the tiles go into the dot in it; float32 stays float32)."""
-    if triton is None:
-        raise RuntimeError("the fourier kernel needs Triton (it comes with CUDA builds of torch). "
-                           "Fix: use forward_mode 'dequant', 'cached' or 'spectral'.")
+    require_triton("fourier")
     pairs = torch.view_as_real(spec.contiguous())  # (B, h, 2)
     batch, m = spec.shape[0], rt.codes.shape[1]
     bl = blocks or default_blocks(batch, m, rt.k_reg, rt.group, rt.aligned)
