@@ -23,9 +23,9 @@ from triton.compiler import ASTSource
 
 from llava_fa.kernels import fourier_matmul as km
 
-POINTERS = {"spec_ptr": "*fp32", "codes_ptr": "*u8", "tables_ptr": "*fp16", "scales_ptr": "*fp32",
+POINTERS = {"spec_ptr": "*fp32", "codes_ptr": "*u8", "tables_ptr": "*i32", "scales_ptr": "*fp32",
             "gstart_ptr": "*i32", "goff_ptr": "*i32", "edge_ptr": "*fp32", "out_ptr": "*fp32"}
-COMMON = {"K_REG": 2047, "GROUP": 64, "ALIGNED": True, "MAG_BITS": 3, "PHASE_BITS": 3, "N_EDGE": 2,
+COMMON = {"K_REG": 2047, "GROUP": 64, "ALIGNED": True, "N_EDGE": 2,
           "COMPLEX_OUT": False}
 KERNELS = {  # name -> (kernel, its runtime scalars in order, its constexprs)
     "gemv (batch 1)": (km._fourier_gemv_kernel, ["M", "stride_c", "edge0", "edge1"],

@@ -21,6 +21,7 @@ without its dot) + what differs (`fa3q_odccal`, `lqer2r8`), so:
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from llava_fa.bench import BenchRun, load_runs
 from llava_fa.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_LIST = ROOT / "examples" / "bench_testbed.yaml"
+# LLAVA_FA_RUN_LIST names another run list (examples/bench_testbed2.yaml: testbed 2's sweep specs)
+RUN_LIST = Path(os.environ.get("LLAVA_FA_RUN_LIST") or ROOT / "examples" / "bench_testbed.yaml")
 UNCOMPRESSED = "base"  # the uncompressed testbed's record: the reference row, not a run of the list
 GRID_FLAGS = {"bits": "--bits", "group_size": "--group-size"}  # compress's own flags for these options
 FA_ABLATION_PREFIX = "fa3"

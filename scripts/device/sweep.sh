@@ -2,6 +2,7 @@
 # Compress the testbed with each "NAME:COMPRESS ARGS" spec and evaluate it on the full easy-VQA
 # test split and all of WikiText-2, against the uncompressed testbed. Results (NAME.json, NAME.report.json,
 # NAME.log) collect in /tmp/res and are tarred into $OUT/results.tar after each run (few files come back).
+# A spec whose NAME.json is already in /tmp/res is skipped: repeat the call to resume (machine warm).
 # JOBS=N runs N specs at a time on the one GPU (the testbed is small; compression seconds then include
 # the contention, so time single layers with scripts/bench_layer.py instead).
 # TESTBED_LM=qwen2.5-0.5b sweeps testbed 2 (its bundle: make_bundle.sh qwen2.5-0.5b).
@@ -17,6 +18,7 @@ snapshot() {  # tar to a private name, then rename: a reader never sees half a t
 
 run_spec() {
   local spec=$1 name=${1%%:*} args=${1#*:}
+  [ -f "$R/$name.json" ] && { echo "== $name (done before)"; return; }  # a repeated call resumes the sweep
   if [ "$name" = base ]; then
     llava eval $tb --device cuda --dtype float32 --vqa-mode both --json "$R/base.json" --batch-size 64 > "$R/base.log" 2>&1 || echo "FAILED: base" >> "$R/base.log"
   else

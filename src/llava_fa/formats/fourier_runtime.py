@@ -31,7 +31,7 @@ _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index r
 @dataclass
 class KernelLayout:
     codes: torch.Tensor  # uint8 (k_pad, m): mag | phase << mag_bits of the entries between DC and Nyquist
-    tables: torch.Tensor  # float16 (2^b_r + 2 * 2^b_theta,): 2 x levels, cos and sin of the phase grid
+    tables: torch.Tensor  # int32 (2^(b_r + b_theta),): float16 pairs (2 level cos, 2 level sin) per byte code
     mag_bits: int
     phase_bits: int
     scales: torch.Tensor  # float32 (n_groups,)
@@ -60,12 +60,17 @@ def supported(layer) -> bool:
 
 
 def _tables(layer, device: torch.device) -> torch.Tensor:
-    """2 x the magnitude levels (2: the Parseval weight of a complex entry), then cos and sin of the phase
-    grid, in float16 (the levels are float16 values already; cos/sin round to 5e-4, below the bf16 dot's)."""
+    """For every byte code (mag | phase << b_r) the pair (2 level cos theta, 2 level sin theta) in float16
+    (2: the Parseval weight of a complex entry): one lookup of two adjacent values per entry, at most
+    1 KiB (8 bits). The levels are float16 values already; the products round to 5e-4, below the
+    bf16 dot's rounding."""
     p = layer.params()
     levels = from_bits(layer.mag_levels).float() if p["levels"] == "lloyd" else uniform_levels(p["mag_bits"], device)
     theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"])
-    return torch.cat([2 * levels.to(device), torch.cos(theta), torch.sin(theta)]).half().contiguous()
+    rho = 2 * levels.to(device).double()[None, :]  # (1, 2^b_r): the low bits of the code
+    pairs = torch.stack([rho * torch.cos(theta.double())[:, None], rho * torch.sin(theta.double())[:, None]], -1)
+    # row = phase * 2^b_r + mag = the byte code; each pair one int32 word (re in the low half)
+    return pairs.reshape(-1, 2).half().contiguous().view(torch.int32).reshape(-1)
 
 
 def _code_grid(layer, cmask: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ The weight is a half spectrum S along the input axis (transform `rfft`) or of th
 (w_k = 2 for the complex columns, which stand for their mirror too; see formats/fourier.py). A
 stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and theta =
 -pi + 2 pi phase / 2^b_theta; one byte per entry holds both codes. Each tile of codes is turned
-into the two real tiles 2 level cos(theta) and 2 level sin(theta) (three one-sector tables, see
-`_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
+into the two real tiles 2 level cos(theta) and 2 level sin(theta) (one table of pairs indexed by the
+byte, see `_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
 the activation spectrum: tensor cores for prefill, and the same reads at decode (batch padded to
 16 in registers, never in memory). W and the dense spectrum are never formed.
 
@@ -40,23 +40,22 @@ from llava_fa.kernels.triton_support import available, require_triton, tl, trito
 if triton is not None:
 
     @triton.jit
-    def _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c,
-                    MAG_BITS: tl.constexpr, PHASE_BITS: tl.constexpr):
+    def _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c):
         """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries rk of
         rows rm (the orientation of W^T that tl.dot takes: no transpose through shared memory).
 
-        Three float16 tables (2 x levels, cos, sin of the phase grid) of 2^bits entries each: at <= 4
-        bits one is at most 32 bytes, one L1 sector, so each lookup is a single wavefront. (A combined
-        2^(b_r + b_theta)-entry float32 table spans 8 sectors per lookup; cos/sin computed in registers
-        lower to libdevice's precise sinf/cosf, about a hundred instructions per entry.)"""
+        One table of (2 level cos, 2 level sin) float16 pairs per byte code, 2^(b_r + b_theta) pairs read
+        as int32 words: one load per entry, the code used as is. (Three tables, levels, cos and sin, took three
+        lookups plus the code's split and two products per entry: the kernel was bound by its
+        instructions, about 40 per entry, not by its reads; cos/sin computed in registers lower to
+        libdevice's precise sinf/cosf, about a hundred instructions per entry.)"""
         mask = (rk[:, None] < K_REG) & (rm[None, :] < M)
         code = tl.load(codes_ptr + rk[:, None] * stride_c + rm[None, :], mask=mask, other=0,
                        eviction_policy="evict_first").to(tl.int32)  # streamed once: keep L2 for the rest
-        rho = tl.load(tables_ptr + (code & ((1 << MAG_BITS) - 1))).to(tl.float32)
-        phase = tables_ptr + (1 << MAG_BITS) + (code >> MAG_BITS)
-        cos = tl.load(phase).to(tl.float32)
-        sin = tl.load(phase + (1 << PHASE_BITS)).to(tl.float32)
-        return rho * cos, rho * sin
+        pair = tl.load(tables_ptr + code)  # int32: the two float16 values of the code, one load
+        wc = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+        ws = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+        return wc.to(tl.float32), ws.to(tl.float32)
 
     @triton.jit
     def _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0,
@@ -90,8 +89,8 @@ if triton is not None:
     def _fourier_matmul_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                                out_ptr, B, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_spec, stride_c,
                                stride_out, edge0, edge1,
-                               GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
-                               PHASE_BITS: tl.constexpr, N_EDGE: tl.constexpr, COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                               GROUP: tl.constexpr, ALIGNED: tl.constexpr, N_EDGE: tl.constexpr,
+                               COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                                SPLIT_K: tl.constexpr,
                                BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         # spec: the activation spectrum as (re, im) float32 pairs, (B, h, 2) row-major; entry k of the
@@ -110,7 +109,7 @@ if triton is not None:
             x_at = spec_ptr + rb[:, None] * stride_spec + 2 * (rk[None, :] + 1)
             xr = tl.load(x_at, mask=x_mask, other=0.0).to(DOT_DTYPE)
             xi = tl.load(x_at + 1, mask=x_mask, other=0.0).to(DOT_DTYPE)
-            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:  # one scale per output row: applied to the dot's result, not to every entry
                 wc = wc.to(DOT_DTYPE)
@@ -142,8 +141,7 @@ if triton is not None:
     @triton.jit
     def _fourier_gemv_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                              out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
-                             GROUP: tl.constexpr, ALIGNED: tl.constexpr, MAG_BITS: tl.constexpr,
-                             PHASE_BITS: tl.constexpr, N_EDGE: tl.constexpr,
+                             GROUP: tl.constexpr, ALIGNED: tl.constexpr, N_EDGE: tl.constexpr,
                              COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         # One activation row (decode at batch 1): products and a row sum on the CUDA cores instead of
@@ -157,7 +155,7 @@ if triton is not None:
             rk = k0 + tl.arange(0, BLOCK_K)
             xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
             xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
-            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c, MAG_BITS, PHASE_BITS)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:
                 acc_r += tl.sum(wc * xr + ws * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
@@ -232,8 +230,8 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
     out = (torch.zeros if bl.split_k > 1 else torch.empty)(shape, device=spec.device, dtype=torch.float32)
     chunk = -(-rt.k_reg // (bl.split_k * bl.k)) * bl.k
     edges = list(rt.edge_cols) + [0, 0]
-    consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0, MAG_BITS=rt.mag_bits,
-                  PHASE_BITS=rt.phase_bits, N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
+    consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0,
+                  N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
                   SPLIT_K=bl.split_k, BLOCK_M=bl.m, BLOCK_K=bl.k, num_warps=bl.warps, num_stages=bl.stages)
     if bl.b == 1 and batch == 1:
         _fourier_gemv_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
