@@ -23,14 +23,14 @@ from triton.compiler import ASTSource
 
 from llava_fa.kernels import fourier_matmul as km
 
-POINTERS = {"spec_ptr": "*fp32", "codes_ptr": "*u8", "tables_ptr": "*i32", "scales_ptr": "*fp32",
+POINTERS = {"spec_ptr": "*fp32", "codes_ptr": "*u8", "tables_ptr": "*i32", "scales_ptr": "*fp16",
             "gstart_ptr": "*i32", "goff_ptr": "*i32", "edge_ptr": "*fp32", "out_ptr": "*fp32"}
-COMMON = {"K_REG": 2047, "GROUP": 64, "ALIGNED": True, "N_EDGE": 2,
+COMMON = {"K_REG": 2047, "GROUP": 64, "ALIGNED": True, "BITS": 6, "ENTRIES": 4, "WORD_BYTES": 3, "N_EDGE": 2,
           "COMPLEX_OUT": False}
 KERNELS = {  # name -> (kernel, its runtime scalars in order, its constexprs)
-    "gemv (batch 1)": (km._fourier_gemv_kernel, ["M", "stride_c", "edge0", "edge1"],
+    "gemv (batch 1)": (km._fourier_gemv_kernel, ["M", "stride_c", "edge0", "edge1", "N_WORDS"],
                        {**COMMON, "K_CHUNK": 256, "SPLIT_K": 8, "BLOCK_M": 128, "BLOCK_K": 32}),
-    "dot (batch 16)": (km._fourier_matmul_kernel, ["B", "M", "stride_spec", "stride_c", "stride_out", "edge0", "edge1"],
+    "dot (batch 16)": (km._fourier_matmul_kernel, ["B", "M", "stride_spec", "stride_c", "stride_out", "edge0", "edge1", "N_WORDS"],
                        {**COMMON, "K_CHUNK": 512, "SPLIT_K": 4, "DOT_DTYPE": "bf16", "BLOCK_B": 16, "BLOCK_M": 32,
                         "BLOCK_K": 128}),
 }

@@ -19,7 +19,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 # (m, n, params): both transforms, odd and even widths (a Nyquist column or not), odd heights (rfft2's
 # self-conjugate columns), groups that do not divide a row, one group per row, Lloyd levels,
-# low-rank parts at 16 and 8 bits, ODC scales on both sides, 2+2 to 4+4 bits.
+# low-rank parts at 16 and 8 bits, ODC scales on both sides, 2+2 to 4+4 bits (every packed word shape).
 CASES = [
     (40, 70, dict(transform="rfft", rank=0, group_size=16)),
     (33, 64, dict(transform="rfft", rank=3, lr_bits=8, group_size=32, levels="lloyd", row_scales=True)),
@@ -27,6 +27,8 @@ CASES = [
     (24, 20, dict(transform="rfft2", rank=3, lr_bits=8, group_size=16, row_scales=True)),
     (17, 13, dict(transform="rfft2", rank=0, group_size=4, levels="lloyd", mag_bits=4, phase_bits=4)),
     (65, 96, dict(transform="rfft2", rank=0, group_size=-1)),
+    (31, 50, dict(transform="rfft", rank=0, group_size=32, mag_bits=2, phase_bits=3)),  # 5-bit codes: 64-bit words
+    (20, 36, dict(transform="rfft2", rank=0, group_size=8, mag_bits=3, phase_bits=4)),  # 7-bit codes
 ]
 
 

@@ -288,8 +288,9 @@ def weight_memory(model: nn.Module) -> dict[str, int]:
         seen.add(key)
         return t.untyped_storage().nbytes()
 
+    # the buffers resident now (not stored_tensors(), which rebuilds codes a kernel layout holds: counted there)
     stored = sum(size(t) for m in model.modules() if isinstance(m, CompressedLinear)
-                 for t in m.stored_tensors().values())
+                 for t in m.buffers(recurse=False))
     dense = sum(size(t) for t in (*model.parameters(), *model.buffers()))
     work = sum(size(t) for m in model.modules() for k, v in vars(m).items() if k not in _MODULE_SLOTS
                for t in _held_tensors(v))

@@ -86,6 +86,22 @@ class FourierLinear(CompressedLinear):
     def params(self) -> dict[str, Any]:
         return dict(self._params)
 
+    # --- the codes while the fused kernel's layout holds them (formats/fourier_runtime.py) ----------
+    def drop_runtime_caches(self) -> None:
+        runtime.restore_codes(self)  # the layout may hold the only copy of the codes
+        super().drop_runtime_caches()
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        out = super().stored_tensors()
+        rt = runtime.moved_codes(self)
+        return out if rt is None else {**out, **runtime.stored_codes(self, rt)}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        rt = runtime.moved_codes(self)
+        if rt is not None:  # saved as stored, whatever runs
+            destination.update({prefix + k: v for k, v in runtime.stored_codes(self, rt).items()})
+
     # --- groups, scales ----------------------------------------------------------------------------
     @property
     def mode(self) -> str:
@@ -171,6 +187,8 @@ class FourierLinear(CompressedLinear):
         p, lay = self._params, self.layout
         if not p["codes"]:
             return None, None
+        if runtime.moved_codes(self) is not None:
+            self.drop_runtime_caches()  # takes the codes back from the kernel layout holding them
         gc, gr = self.entry_groups()
         vc = vr = None
         if lay.n_complex:

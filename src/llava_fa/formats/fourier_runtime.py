@@ -3,11 +3,14 @@ Triton kernel (kernels/fourier_matmul.py) once per device, then y = x W^T from t
 
 What runs per call: x / c (ODC columns), one rfft of the activation (cuFFT), the kernel, the
 low-rank term as two rank-r products when the layer has one, for `rfft2` one inverse FFT along the
-outputs, then / r (ODC rows) and the bias. The conversion keeps codes at one byte per complex entry
-(both codes of an entry together: 4 bits per weight at run time for any b_r + b_theta <= 8), the
-group scales in float32 and the two self-conjugate columns as dense values; nothing of size m x n
-is kept. The layout lives in the layer's `_kernel` dict (not in the state_dict; dropped on .to()
-and load_state_dict by CompressedLinear).
+outputs, then / r (ODC rows) and the bias. The conversion packs both codes of an entry into one code
+of b_r + b_theta bits along the input axis (exactly the stored codes' size), shares the stored
+float16 group scales and keeps the self-conjugate columns as dense values; nothing of size m x n is
+kept. The layout then holds the only copy of the codes: the layer's `mag_codes` / `phase_codes`
+buffers are emptied (`move_codes`) and rebuilt bit for bit from the layout whenever anything else
+needs them (`restore_codes`: state_dict, dequantize, .to(), load_state_dict), so at run time a
+compressed model takes its stored size plus small workspaces. The layout lives in the layer's
+`_kernel` dict (not in the state_dict).
 
 Runs: PolarQuant codes (uniform or Lloyd levels), transforms `rfft` and `rfft2`, any group size,
 rank and ODC scales. Others (cartesian codes, `fft2`, `rfft_out`, `none`) keep their other backends.
@@ -15,13 +18,14 @@ rank and ODC scales. Others (cartesian codes, `fft2`, `rfft_out`, `none`) keep t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from llava_fa.kernels import fourier_matmul as kernel
 from llava_fa.quantizers.float16 import from_bits
-from llava_fa.quantizers.packing import unpack
+from llava_fa.quantizers.packing import pack, unpack
 from llava_fa.quantizers.polar import phase_values, uniform_levels
 from llava_fa.transforms import fourier as ft
 
@@ -30,14 +34,18 @@ _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index r
 
 @dataclass
 class KernelLayout:
-    codes: torch.Tensor  # uint8 (k_pad, m): mag | phase << mag_bits of the entries between DC and Nyquist
-    tables: torch.Tensor  # int32 (2^(b_r + b_theta),): float16 pairs (2 level cos, 2 level sin) per byte code
+    codes: torch.Tensor  # uint8 (k_pad * bits / 8, m): codes packed along k (`pack_codes`), output rows contiguous
+    bits: int  # b_r + b_theta: one code per complex entry, mag | phase << mag_bits
+    entries: int  # codes per packed word
+    word_bytes: int  # bytes per packed word
+    tables: torch.Tensor  # int32 (2^bits,): float16 pairs (2 level cos, 2 level sin) per code
     mag_bits: int
     phase_bits: int
-    scales: torch.Tensor  # float32 (n_groups,)
+    scales: torch.Tensor  # float16 (n_groups,): a view of the stored group scales
     group_start: torch.Tensor  # int32 (m,): group of each row's first stored complex entry
     group_offset: torch.Tensor  # int32 (m,): stored complex entries of the row before column 1
     edges: torch.Tensor  # float32 (m, E, 2): weighted self-conjugate columns (re, im)
+    edge_codes: torch.Tensor  # uint8 (m, E): their codes where complex (restore_codes rebuilds the stream)
     edge_cols: tuple[int, ...]
     k_reg: int  # entries per row in `codes` (columns 1 .. h - 1 minus Nyquist)
     group: int
@@ -46,17 +54,53 @@ class KernelLayout:
     lowrank: tuple[torch.Tensor, torch.Tensor] | None  # (A (r, m), B weighted (r, h)) complex64
     cols: torch.Tensor | None  # ODC column scales (n,)
     rows: torch.Tensor | None  # ODC row scales (m,)
+    holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
 
     def nbytes(self) -> int:
+        """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
         tensors = [self.codes, self.tables, self.scales, self.group_start, self.group_offset, self.edges,
                    *(self.lowrank or ()), *(t for t in (self.cols, self.rows) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def word_shape(bits: int) -> tuple[int, int]:
+    """(codes, bytes) per packed word: the fewest whole bytes that hold whole codes (4 codes in 3
+    bytes at 6 bits: 24-bit words, which 32-bit integer ops shift; 8 codes in `bits` bytes at odd widths)."""
+    entries = 8 // math.gcd(8, bits)
+    return entries, entries * bits // 8
+
+
+def pack_codes(grid: torch.Tensor, bits: int) -> torch.Tensor:
+    """(k_pad, m) codes -> uint8 (k_pad / entries * word_bytes, m): byte t of word w of every row at row
+    w * word_bytes + t, code e of a word at bit e * bits (little-endian)."""
+    entries, word_bytes = word_shape(bits)
+    k_pad, m = grid.shape
+    words = grid.to(torch.int64).reshape(k_pad // entries, entries, m)
+    shifts = torch.arange(entries, device=grid.device, dtype=torch.int64)[None, :, None] * bits
+    word = (words << shifts).sum(1)  # (n_words, m)
+    byte_shifts = torch.arange(word_bytes, device=grid.device, dtype=torch.int64)[None, :, None] * 8
+    return ((word[:, None, :] >> byte_shifts) & 0xFF).reshape(-1, m).to(torch.uint8).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: (k_pad, m) int64 codes."""
+    entries, word_bytes = word_shape(bits)
+    m = packed.shape[1]
+    byte_shifts = torch.arange(word_bytes, device=packed.device, dtype=torch.int64)[None, :, None] * 8
+    word = (packed.to(torch.int64).reshape(-1, word_bytes, m) << byte_shifts).sum(1)
+    shifts = torch.arange(entries, device=packed.device, dtype=torch.int64)[None, :, None] * bits
+    return ((word[:, None, :] >> shifts) & ((1 << bits) - 1)).reshape(-1, m)
 
 
 def supported(layer) -> bool:
     p = layer.params()
     return (p["codes"] and p["quantizer"] == "polar" and p["transform"] in ("rfft", "rfft2")
             and p["mag_bits"] + p["phase_bits"] <= 8 and layer.layout.n_complex > 0)
+
+
+def moved_codes(layer) -> KernelLayout | None:
+    """The layout holding the layer's codes, if `move_codes` moved them there."""
+    return next((rt for rt in layer.__dict__.get("_kernel", {}).values() if rt.holds_codes), None)
 
 
 def _tables(layer, device: torch.device) -> torch.Tensor:
@@ -102,17 +146,17 @@ def build(layer, device: torch.device) -> KernelLayout:
     p, m, n, mode = layer.params(), layer.out_features, layer.in_features, layer.mode
     cmask, rmask = ft.stored_masks(m, n, mode, device)
     edge_cols = tuple(ft.self_conjugate_columns(n, mode))
-    h = cmask.shape[1]
-    k_reg = h - len(edge_cols)
+    k_reg = cmask.shape[1] - len(edge_cols)
     k_pad = -(-k_reg // 16) * 16
-    codes = torch.zeros(k_pad, m, dtype=torch.uint8, device=device)  # output rows contiguous (the kernel's docstring)
-    codes[:k_reg] = _code_grid(layer, cmask)[:, 1:1 + k_reg].T.to(torch.uint8)
+    bits = p["mag_bits"] + p["phase_bits"]
+    grid = _code_grid(layer, cmask)
+    regular = torch.zeros(k_pad, m, dtype=torch.int32, device=device)  # output rows contiguous (kernel docstring)
+    regular[:k_reg] = grid[:, 1:1 + k_reg].T
     gc, _ = layer.entry_groups()
     gid = torch.zeros(cmask.shape, dtype=torch.int64, device=device)
     gid[cmask] = gc.gid
     offset = cmask[:, 0].to(torch.int32)  # rfft2 rows whose DC entry is complex: it comes first
     start = torch.where(offset.bool(), gid[:, 0], gid[:, 1]).to(torch.int32)
-    edges = _edge_values(layer, cmask, rmask, list(edge_cols))
     factors = layer.lowrank_factors()
     lowrank = None
     if factors is not None:
@@ -120,17 +164,49 @@ def build(layer, device: torch.device) -> KernelLayout:
         lowrank = (A.to(torch.complex64), (B * ft.column_weights(m, n, mode, device)).to(torch.complex64))
     cols, rows = layer.odc_scales()
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    return KernelLayout(codes, _tables(layer, device), p["mag_bits"], p["phase_bits"],
-                        from_bits(layer.mag_scales).float().contiguous(), start, offset, edges, edge_cols, k_reg, group,
+    entries, word_bytes = word_shape(bits)
+    return KernelLayout(pack_codes(regular, bits), bits, entries, word_bytes, _tables(layer, device),
+                        p["mag_bits"], p["phase_bits"], layer.mag_scales.view(torch.float16), start, offset,
+                        _edge_values(layer, cmask, rmask, list(edge_cols)),
+                        grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
                         None if cols is None else cols.float(), None if rows is None else rows.float())
+
+
+def move_codes(layer, rt: KernelLayout) -> None:
+    """Empty the layer's code buffers: `rt` holds the same codes (one copy in memory, not two)."""
+    empty = torch.empty(0, dtype=torch.uint8, device=rt.codes.device)
+    layer.mag_codes, layer.phase_codes = empty, empty.clone()
+    rt.holds_codes = True
+
+
+def stored_codes(layer, rt: KernelLayout) -> dict[str, torch.Tensor]:
+    """The `mag_codes` and `phase_codes` buffers rebuilt bit for bit from the layout."""
+    p, m, n = layer.params(), layer.out_features, layer.in_features
+    cmask, _ = ft.stored_masks(m, n, layer.mode, rt.codes.device)
+    grid = torch.zeros(cmask.shape, dtype=torch.int64, device=rt.codes.device)
+    grid[:, 1:1 + rt.k_reg] = unpack_codes(rt.codes, rt.bits)[:rt.k_reg].T
+    grid[:, list(rt.edge_cols)] = rt.edge_codes.to(torch.int64)
+    stream = grid[cmask]
+    return {"mag_codes": pack(stream & ((1 << p["mag_bits"]) - 1), p["mag_bits"]),
+            "phase_codes": pack(stream >> p["mag_bits"], p["phase_bits"])}
+
+
+def restore_codes(layer) -> None:
+    """Put the codes back into the layer's buffers if a layout holds them (before the layout is dropped)."""
+    rt = moved_codes(layer)
+    if rt is not None:
+        for name, t in stored_codes(layer, rt).items():
+            setattr(layer, name, t)
+        rt.holds_codes = False
 
 
 def kernel_layout(layer, device: torch.device) -> KernelLayout:
     cache = layer.__dict__.setdefault("_kernel", {})
     if device not in cache:
-        cache.clear()  # one device at a time
-        cache[device] = build(layer, device)
+        layer.drop_runtime_caches()  # one device at a time (restores codes a layout held)
+        cache[device] = rt = build(layer, device)
+        move_codes(layer, rt)
     return cache[device]
 
 

@@ -7,19 +7,21 @@ The weight is a half spectrum S along the input axis (transform `rfft`) or of th
 
 (w_k = 2 for the complex columns, which stand for their mirror too; see formats/fourier.py). A
 stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and theta =
--pi + 2 pi phase / 2^b_theta; one byte per entry holds both codes. Each tile of codes is turned
+-pi + 2 pi phase / 2^b_theta; one code of b_r + b_theta bits holds both. Each tile of codes is turned
 into the two real tiles 2 level cos(theta) and 2 level sin(theta) (one table of pairs indexed by the
 byte, see `_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
 the activation spectrum: tensor cores for prefill, and the same reads at decode (batch padded to
 16 in registers, never in memory). W and the dense spectrum are never formed.
 
 Kernel layout (built once per device from the stored buffers by `formats/fourier_runtime.py`):
-- `codes` uint8 (K_pad, m): entry k+1 of row j (the columns between DC and Nyquist) at [k, j],
-  `mag | phase << mag_bits`; one byte per complex entry, i.e. 4 bits per weight. Output rows are
+- `codes` uint8 (K_pad * bits / 8, m): entry k+1 of row j (the columns between DC and Nyquist) as the
+  code `mag | phase << mag_bits` of b = b_r + b_theta bits, packed at that width along k: words of
+  `entries` codes in `word_bytes` bytes (4 codes in 3 bytes at 6 bits, 8 in b bytes at odd b), byte t
+  of word w at row w * word_bytes + t. So the codes take exactly their stored size. Output rows are
   the contiguous axis, as in gemlite's packing: a (K, M) tile is the B operand of tl.dot as loaded,
   and its loads coalesce (row-major (m, K) codes read through a transposed tile were uncoalesced:
   ncu, 2% of the DRAM bandwidth);
-- `scales` float32 (n_groups,) and, per row, the group of its first such entry and the rank offset
+- `scales` float16 (n_groups,) (the stored group scales, shared, not copied) and, per row, the group of its first such entry and the rank offset
   of that entry within the row's stored complex entries (rfft2 stores complex DC entries in some
   rows, which shifts that row's groups by one);
 - the few self-conjugate columns (DC, Nyquist: at most 2) as dense weighted complex values (m, E, 2),
@@ -40,18 +42,34 @@ from llava_fa.kernels.triton_support import available, require_triton, tl, trito
 if triton is not None:
 
     @triton.jit
-    def _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c):
-        """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries rk of
+    def _code_tiles(codes_ptr, tables_ptr, rm, k0, M, N_WORDS, stride_c, BITS: tl.constexpr,
+                    ENTRIES: tl.constexpr, WORD_BYTES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+        """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries k0.. of
         rows rm (the orientation of W^T that tl.dot takes: no transpose through shared memory).
 
-        One table of (2 level cos, 2 level sin) float16 pairs per byte code, 2^(b_r + b_theta) pairs read
-        as int32 words: one load per entry, the code used as is. (Three tables, levels, cos and sin, took three
-        lookups plus the code's split and two products per entry: the kernel was bound by its
-        instructions, about 40 per entry, not by its reads; cos/sin computed in registers lower to
-        libdevice's precise sinf/cosf, about a hundred instructions per entry.)"""
-        mask = (rk[:, None] < K_REG) & (rm[None, :] < M)
-        code = tl.load(codes_ptr + rk[:, None] * stride_c + rm[None, :], mask=mask, other=0,
-                       eviction_policy="evict_first").to(tl.int32)  # streamed once: keep L2 for the rest
+        The codes come packed at their stored width, ENTRIES codes of BITS bits per word of WORD_BYTES
+        bytes (byte j of word w of every row at codes row w * WORD_BYTES + j): the word's bytes are
+        loaded as rows of the tile and the codes shifted out of it. One table of (2 level cos, 2 level
+        sin) float16 pairs per code, 2^BITS pairs read as int32 words: one load per entry. (Three
+        tables, levels, cos and sin, took three lookups plus the code's split and two products per
+        entry: the kernel was bound by its instructions, about 40 per entry, not by its reads; cos/sin
+        computed in registers lower to libdevice's precise sinf/cosf, about a hundred instructions.)"""
+        rw = k0 // ENTRIES + tl.arange(0, BLOCK_K // ENTRIES)
+        mask = (rw[:, None] < N_WORDS) & (rm[None, :] < M)
+        at = codes_ptr + (rw[:, None] * WORD_BYTES) * stride_c + rm[None, :]
+        if WORD_BYTES <= 3:  # up to 24 bits: 32-bit integer ops (64-bit ones are slow on GPUs)
+            word = tl.zeros((BLOCK_K // ENTRIES, BLOCK_M), dtype=tl.int32)
+        else:
+            word = tl.zeros((BLOCK_K // ENTRIES, BLOCK_M), dtype=tl.int64)
+        for j in tl.static_range(WORD_BYTES):  # streamed once: keep L2 for the rest
+            byte = tl.load(at + j * stride_c, mask=mask, other=0, eviction_policy="evict_first")
+            word |= byte.to(word.dtype) << (8 * j)
+        if ENTRIES == 1:
+            code = word.to(tl.int32)
+        else:
+            position = tl.arange(0, ENTRIES)
+            code = (word[:, None, :] >> (position[None, :, None] * BITS)) & ((1 << BITS) - 1)
+            code = tl.reshape(code, (BLOCK_K, BLOCK_M)).to(tl.int32)  # entry k = word * ENTRIES + position
         pair = tl.load(tables_ptr + code)  # int32: the two float16 values of the code, one load
         wc = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
         ws = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
@@ -63,11 +81,12 @@ if triton is not None:
         """Group scales: (1, BLOCK_M) when the tile lies inside one group of every row, else per entry."""
         gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
         if ALIGNED:
-            scale = tl.load(scales_ptr + gstart + k0 // GROUP, mask=(rm < M) & (k0 < K_REG), other=0.0)[None, :]
+            scale = tl.load(scales_ptr + gstart + k0 // GROUP, mask=(rm < M) & (k0 < K_REG), other=0.0)
+            scale = scale.to(tl.float32)[None, :]
         else:
             goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)
             group = gstart[None, :] + (rk[:, None] + goff[None, :]) // GROUP
-            scale = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0)
+            scale = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0).to(tl.float32)
         return scale
 
     @triton.jit
@@ -89,7 +108,8 @@ if triton is not None:
     def _fourier_matmul_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                                out_ptr, B, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_spec, stride_c,
                                stride_out, edge0, edge1,
-                               GROUP: tl.constexpr, ALIGNED: tl.constexpr, N_EDGE: tl.constexpr,
+                               N_WORDS, GROUP: tl.constexpr, ALIGNED: tl.constexpr, BITS: tl.constexpr,
+                               ENTRIES: tl.constexpr, WORD_BYTES: tl.constexpr, N_EDGE: tl.constexpr,
                                COMPLEX_OUT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                                SPLIT_K: tl.constexpr,
                                BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -109,7 +129,8 @@ if triton is not None:
             x_at = spec_ptr + rb[:, None] * stride_spec + 2 * (rk[None, :] + 1)
             xr = tl.load(x_at, mask=x_mask, other=0.0).to(DOT_DTYPE)
             xi = tl.load(x_at + 1, mask=x_mask, other=0.0).to(DOT_DTYPE)
-            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, k0, M, N_WORDS, stride_c, BITS, ENTRIES, WORD_BYTES,
+                                  BLOCK_K, BLOCK_M)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:  # one scale per output row: applied to the dot's result, not to every entry
                 wc = wc.to(DOT_DTYPE)
@@ -141,7 +162,8 @@ if triton is not None:
     @triton.jit
     def _fourier_gemv_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                              out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
-                             GROUP: tl.constexpr, ALIGNED: tl.constexpr, N_EDGE: tl.constexpr,
+                             N_WORDS, GROUP: tl.constexpr, ALIGNED: tl.constexpr, BITS: tl.constexpr,
+                             ENTRIES: tl.constexpr, WORD_BYTES: tl.constexpr, N_EDGE: tl.constexpr,
                              COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         # One activation row (decode at batch 1): products and a row sum on the CUDA cores instead of
@@ -155,7 +177,8 @@ if triton is not None:
             rk = k0 + tl.arange(0, BLOCK_K)
             xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
             xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
-            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, rk, M, K_REG, stride_c)
+            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, k0, M, N_WORDS, stride_c, BITS, ENTRIES, WORD_BYTES,
+                                  BLOCK_K, BLOCK_M)
             scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
             if ALIGNED:
                 acc_r += tl.sum(wc * xr + ws * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
@@ -224,23 +247,24 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
     require_triton("fourier")
     pairs = torch.view_as_real(spec.contiguous())  # (B, h, 2)
     batch, m = spec.shape[0], rt.codes.shape[1]
+    n_words = rt.codes.shape[0] // rt.word_bytes
     bl = blocks or default_blocks(batch, m, rt.k_reg, rt.group, rt.aligned)
     shape = (batch, m, 2) if rt.complex_out else (batch, m)
     # split-K partial sums are added atomically into zeros
     out = (torch.zeros if bl.split_k > 1 else torch.empty)(shape, device=spec.device, dtype=torch.float32)
     chunk = -(-rt.k_reg // (bl.split_k * bl.k)) * bl.k
     edges = list(rt.edge_cols) + [0, 0]
-    consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0,
-                  N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
+    consts = dict(GROUP=rt.group, ALIGNED=rt.aligned and rt.group % bl.k == 0, BITS=rt.bits, ENTRIES=rt.entries,
+                  WORD_BYTES=rt.word_bytes, N_EDGE=len(rt.edge_cols), COMPLEX_OUT=rt.complex_out,
                   SPLIT_K=bl.split_k, BLOCK_M=bl.m, BLOCK_K=bl.k, num_warps=bl.warps, num_stages=bl.stages)
     if bl.b == 1 and batch == 1:
         _fourier_gemv_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
             pairs, rt.codes, rt.tables, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
-            chunk, rt.codes.stride(0), edges[0], edges[1], **consts)
+            chunk, rt.codes.stride(0), edges[0], edges[1], n_words, **consts)
         return out
     grid = (triton.cdiv(m, bl.m), triton.cdiv(batch, bl.b), bl.split_k)
     _fourier_matmul_kernel[grid](
         pairs, rt.codes, rt.tables, rt.scales, rt.group_start, rt.group_offset, rt.edges, out,
-        batch, m, rt.k_reg, chunk, pairs.stride(0), rt.codes.stride(0), out.stride(0), edges[0], edges[1],
+        batch, m, rt.k_reg, chunk, pairs.stride(0), rt.codes.stride(0), out.stride(0), edges[0], edges[1], n_words,
         DOT_DTYPE=getattr(tl, _DOT.get(dtype, "float32")), BLOCK_B=bl.b, **consts)
     return out
