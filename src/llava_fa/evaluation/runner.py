@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,11 +14,13 @@ from rich.table import Table
 
 from llava_fa.calibration.data import require_image_processor
 from llava_fa.evaluation._common import model_dtype
-from llava_fa.evaluation.fidelity import fidelity, text_prompts
+from llava_fa.evaluation.fidelity import compare_with_reference, record_model_side, text_prompts
 from llava_fa.evaluation.perplexity import load_text, perplexity
 from llava_fa.evaluation.size import model_size
 from llava_fa.evaluation.vqa import MODES, vqa_accuracy, vqa_questions
-from llava_fa.io.checkpoint import load_model_and_processor
+from llava_fa.io.checkpoint import (check_model_folder, check_weight_files, load_model_and_processor,
+                                    require_processor)
+from llava_fa.io.lazy import return_freed_memory
 from llava_fa.runtime import resolve_device, resolve_dtype
 
 VQA_MODES = (*MODES, "both")
@@ -32,6 +36,30 @@ def load_for_evaluation(model_dir: str | Path, device: torch.device | str,
     if multimodal:
         require_image_processor(processor, model_dir)
     return model, processor, multimodal
+
+
+def check_reference(reference: str | Path) -> bool:
+    """What `load_for_evaluation(reference)` checks, without loading its weights (the reference loads
+    last, see `evaluate`, so a broken one must fail before the long metrics): its config, weight
+    files and processor. Returns whether it takes images."""
+    from transformers import AutoConfig
+
+    path = Path(reference)
+    check_weight_files(path, check_model_folder(path))
+    processor = require_processor(path)
+    # The config class from_pretrained builds the model with (check_model_folder checked its model_type).
+    multimodal = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+    if multimodal:
+        require_image_processor(processor, path)
+    return multimodal
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the memory of freed models back (the CUDA cache; glibc's heap on CPU) before the next load."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return_freed_memory()
 
 
 def _timed(seconds: dict, key: str, fn, *args, **kwargs):
@@ -58,6 +86,8 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     device and dtype: see `llava_fa.runtime` ("auto" dtype: float32 on CPU, the stored one on CUDA).
     announce: given, it receives one line before the metrics run: what will be measured (windows,
     questions, prompts) and an estimate of the time from one timed forward.
+    One model is in memory at a time: the reference loads after the model's metrics, once the model's
+    side of fidelity is on disk and the model is freed (evaluation/fidelity.py).
     """
     if vqa_mode not in VQA_MODES:
         raise ValueError(f"unknown VQA mode {vqa_mode!r}; use one of {VQA_MODES}")
@@ -67,37 +97,60 @@ def evaluate(model_dir: str | Path, reference: str | Path | None = None, limit: 
     if forward_mode is not None:
         from llava_fa.formats import set_forward_mode
         set_forward_mode(model, forward_mode)
-    ref = load_for_evaluation(reference, dev, dt) if reference is not None else None
-    image_fidelity = ref is not None and multimodal and ref[2]  # both models must take images
+    image_fidelity = reference is not None and check_reference(reference) and multimodal  # both take images
     result = {"model_dir": str(model_dir), "model_type": model.config.model_type, "multimodal": multimodal,
               "device": str(dev), "dtype": str(model_dtype(model)).removeprefix("torch."),
               "reference": str(reference) if reference is not None else None,
               "size": None, "perplexity": None, "vqa": None, "fidelity": None, "notes": [], "seconds": {}}
-    sec = result["seconds"]
-    result["size"] = _timed(sec, "size", model_size, model_dir, model)
-    text = load_text(text_source) if ppl_windows != 0 or (ref is not None and not image_fidelity) else None
+    text = load_text(text_source) if ppl_windows != 0 or (reference is not None and not image_fidelity) else None
     modes = (MODES if vqa_mode == "both" else (vqa_mode,)) if multimodal else ()
-    n_fidelity = (min(fidelity_prompts, limit) if limit is not None else fidelity_prompts) if ref is not None else 0
+    n_fidelity = 0 if reference is None else min(fidelity_prompts, limit) if limit is not None else fidelity_prompts
     if announce is not None:
         from llava_fa.evaluation.sizing import plan_evaluation
         announce(plan_evaluation(model, processor, text, seqlen, ppl_windows, limit, modes, vqa_root, n_fidelity,
-                                 ref is not None).describe(dev))
+                                 reference is not None).describe(dev))
+    _model_metrics(result, model_dir, model, processor, text, seqlen, ppl_windows, modes, limit, vqa_root,
+                   batch_size, progress)
+    if reference is None:
+        return result
+    examples = vqa_questions(n_fidelity, vqa_root) if image_fidelity else text_prompts(text, n_fidelity)
+    with tempfile.TemporaryDirectory(prefix="llava-fa-fidelity-") as folder:
+        start = time.perf_counter()
+        record = record_model_side(model, processor, examples, Path(folder), max(1, batch_size // 2), progress)
+        del model  # the only reference left: the reference model loads next, into the memory it frees
+        release_memory(dev)
+        result["fidelity"] = _against_reference(reference, dev, dt, Path(folder), record, progress,
+                                                time.perf_counter() - start, result["seconds"])
+    result["fidelity"]["prompts"] = "easy-VQA" if image_fidelity else "WikiText"
+    return result
+
+
+def _model_metrics(result: dict, model_dir, model, processor, text, seqlen: int, ppl_windows, modes: tuple,
+                   limit, vqa_root, batch_size: int, progress: bool) -> None:
+    """Size, perplexity and easy-VQA of the evaluated model, into `result`."""
+    sec = result["seconds"]
+    result["size"] = _timed(sec, "size", model_size, model_dir, model)
     if ppl_windows == 0:
         result["notes"].append("perplexity skipped (ppl_windows=0)")
     else:
         result["perplexity"] = _timed(sec, "perplexity", perplexity, model, processor, text, seqlen,
                                       ppl_windows, progress)
-    if multimodal:
+    if result["multimodal"]:
         result["vqa"] = {m: _timed(sec, f"vqa_{m}", vqa_accuracy, model, processor, m, limit, vqa_root,
                                    batch_size, progress=progress) for m in modes}
     else:
         result["notes"].append(TEXT_ONLY_NOTE)
-    if ref is not None:
-        examples = vqa_questions(n_fidelity, vqa_root) if image_fidelity else text_prompts(text, n_fidelity)
-        result["fidelity"] = _timed(sec, "fidelity", fidelity, model, ref[0], processor, examples,
-                                    max(1, batch_size // 2), progress)
-        result["fidelity"]["prompts"] = "easy-VQA" if image_fidelity else "WikiText"
-    return result
+
+
+def _against_reference(reference, dev, dt, folder: Path, record: dict, progress: bool, seconds: float,
+                       sec: dict) -> dict:
+    """Load the reference and compare it with the recorded batches; the fidelity time counts the
+    model's side (`seconds`) and the comparison, not the load."""
+    ref_model = load_for_evaluation(reference, dev, dt)[0]
+    start = time.perf_counter()
+    fid = compare_with_reference(ref_model, folder, record, progress)
+    sec["fidelity"] = round(seconds + time.perf_counter() - start, 2)
+    return fid
 
 
 def _fmt(value, spec: str = ".4g") -> str:

@@ -188,26 +188,48 @@ def model_class(config: dict[str, Any]):
     return AutoModelForImageTextToText if "vision_config" in config else AutoModelForCausalLM
 
 
+def check_weight_files(path: Path, config: dict[str, Any]) -> None:
+    """The weight files of a model folder are there and readable (headers only; llava-fa checkpoints:
+    checksums too), with clear messages, before transformers' own, less specific, errors."""
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
+        verify_files(path)
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not list(path.glob("*.bin")):
+        raise CheckpointError(f"{path} holds no weight files (*.safetensors). Fix: copy them from the original "
+                              f"model, or download or rebuild it")
+    for f in files:
+        read_header(f, fix="download or rebuild the model")  # clear, unlike safetensors' own error
+
+
+def device_map(device: str | torch.device) -> dict[str, torch.device] | None:
+    """`from_pretrained`'s device_map for a model that will run on `device`: off the CPU, every weight
+    goes to the device as it is read. Loading on CPU and then `.to(device)` holds the whole model in
+    CPU memory wherever the load copies (a dtype conversion); where it only maps the file, the two
+    peak alike (docs/results/memory_bounded_load_cpu.md). None on CPU: the plain load."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return {"": dev}
+
+
 def load_model(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = "auto"):
     """A model directory, compressed by llava-fa or not, with clear errors for broken ones.
 
     `dtype` goes to `from_pretrained` as is ("auto": the dtype the checkpoint stores); commands
-    choose it with `llava_fa.runtime.resolve_dtype`, which knows the device the model computes on."""
+    choose it with `llava_fa.runtime.resolve_dtype`, which knows the device the model computes on.
+    The weights are read straight onto `device` (see device_map); compressed layers stay compressed
+    (their stored tensors are integers, which no dtype converts)."""
     register()
     path = Path(path)
     config = check_model_folder(path)
-    qc = config.get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
-        verify_files(path)  # gives the message before transformers' own, less specific, errors
-    else:
-        files = sorted(path.glob("*.safetensors"))
-        if not files and not list(path.glob("*.bin")):
-            raise CheckpointError(f"{path} holds no weight files (*.safetensors). Fix: copy them from the original "
-                                  f"model, or download or rebuild it")
-        for f in files:
-            read_header(f, fix="download or rebuild the model")  # clear, unlike safetensors' own error
+    check_weight_files(path, config)
     try:
-        model, info = model_class(config).from_pretrained(path, dtype=dtype, output_loading_info=True)
+        model, info = model_class(config).from_pretrained(path, dtype=dtype, device_map=device_map(device),
+                                                          output_loading_info=True)
     except CheckpointError:
         raise
     except Exception as e:  # whatever transformers/safetensors raise for a broken folder
@@ -218,7 +240,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} weight(s) its architecture needs (e.g. {missing[0]}); "
                               f"they would be random. Fix: download or rebuild the model, or compress it again")
-    return model.to(device).eval()
+    return model.to(device).eval()  # a no-op where device_map placed it: kept for devices it does not name
 
 
 def load_processor(path: Path):
@@ -251,8 +273,14 @@ _PROCESSOR_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_m
 def load_model_and_processor(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = "auto"):
     """`load_model` and the processor (or tokenizer) saved with it, which running the model needs."""
     check_model_folder(path)
-    processor = load_processor(path)  # first: a broken tokenizer fails before the weights load
+    processor = require_processor(path)  # first: a broken tokenizer fails before the weights load
+    return load_model(path, device, dtype), processor
+
+
+def require_processor(path: Path):
+    """`load_processor`, refusing a folder without one (running the model needs it)."""
+    processor = load_processor(path)
     if processor is None:
         raise CheckpointError(f"{path} has no processor or tokenizer files. Fix: copy them (tokenizer.json, "
                               f"tokenizer_config.json, processor_config.json, ...) from the original model into {path}")
-    return load_model(path, device, dtype), processor
+    return processor
