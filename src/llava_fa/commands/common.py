@@ -11,7 +11,8 @@ from typer.core import TyperCommand
 
 from llava_fa.errors import LlavaFAError, UserError
 
-DTYPE_HELP = "auto (float32 on CPU, the checkpoint's own dtype on CUDA), float32, bfloat16, float16."
+DTYPE_HELP = ("auto (float32 on CPU, the checkpoint's own dtype on CUDA), float32, tf32 (float32 with TF32 matmuls "
+              "on CUDA), bfloat16, float16.")
 FORWARD_MODE_HELP = ("How compressed layers run: auto (default: compressed in GPU memory, the dense weight "
                      "cached on CPU), cached, dequant, fused (affine), spectral (fourier).")
 
