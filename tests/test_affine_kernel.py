@@ -65,19 +65,3 @@ def test_kernel_in_the_triton_interpreter():
 @pytest.mark.parametrize("dtype,atol", [(torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32, 5e-3)])
 def test_kernel_on_cuda(dtype, atol):
     check_fused_matches_dequant("cuda", dtype, atol)
-
-
-def test_kernel_layout_changes_no_value_and_no_memory():
-    """The fused path keeps codes and scales column-major (output rows contiguous, for coalesced loads):
-    same values, same storage size, saved row-major exactly as before."""
-    from llava_fa.formats.affine import to_kernel_layout
-
-    layer = make_layer(40, 100, 3, 32, False)
-    before = {k: v.clone() for k, v in layer.state_dict().items()}
-    dense = layer.dequantize()
-    to_kernel_layout(layer)
-    assert layer.qweight.stride() == (1, 40) and layer.scales.stride() == (1, 40)
-    assert layer.qweight.untyped_storage().nbytes() == before["qweight"].numel()  # converted, not copied beside
-    after = layer.state_dict()
-    assert all(after[k].is_contiguous() and torch.equal(after[k], v) for k, v in before.items())
-    torch.testing.assert_close(layer.dequantize(), dense, rtol=0, atol=0)

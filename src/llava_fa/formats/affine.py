@@ -61,13 +61,6 @@ class AffineLinear(CompressedLinear):
         mod.set_bias(bias)
         return mod
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in ("qweight", "scales"):  # the kernel layout keeps them column-major: saved row-major as ever
-            key = prefix + name
-            if key in destination and not destination[key].is_contiguous():
-                destination[key] = destination[key].contiguous()
-
     def codes(self) -> torch.Tensor:
         return unpack(self.qweight, self.bits, self.in_features)
 
@@ -84,20 +77,11 @@ class AffineLinear(CompressedLinear):
         return dequantize_grouped(self.codes(), scale, zero, self.group_size).to(dtype)
 
 
-def to_kernel_layout(layer: AffineLinear) -> None:
-    """Codes and scales with the output rows contiguous (the same values as a transposed view, so the
-    stored shapes, state_dict and dequantize() do not change and no memory is added): a kernel tile of
-    all output rows for a few bytes of each then reads contiguous memory, as gemlite's packing does,
-    where row-major codes made each thread load single bytes rows apart (ptxas: ld.global.b8 only)."""
-    for name in ("qweight", "scales"):
-        t = getattr(layer, name)
-        if t.dim() == 2 and t.shape[0] > 1 and t.stride(0) != 1:
-            setattr(layer, name, t.T.contiguous().T)
-
-
 def fused_forward(layer: AffineLinear, x: torch.Tensor) -> torch.Tensor:
-    """One Triton kernel unpacks each tile of codes and multiplies it: W is never formed."""
-    to_kernel_layout(layer)
+    """One Triton kernel unpacks each tile of codes and multiplies it: W is never formed. The codes stay
+    row-major as stored: keeping them column-major (converted in place, commit 2264caf) was 1.5-2.6x
+    slower per layer on the H200 at batch 1 (docs/results/kernels_h200/affine_eager.md against
+    bench_kernels_default.md)."""
     y = affine_matmul.affine_matmul(x, layer.qweight, layer.scales, None if layer.sym else layer.qzeros,
                                     layer.bits, layer.group_size, layer.out_features)
     return y if layer.bias is None else y + layer.bias.to(y.dtype)

@@ -57,7 +57,7 @@ if triton is not None:
             else:
                 word = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.int64)
             for j in tl.static_range(BITS):
-                # stride_qn == 1 (the kernel layout, formats/affine.py): output rows contiguous, loads coalesce
+                # the stored row-major codes: stride_qb == 1 (other strides run too, see formats/affine.py)
                 byte = tl.load(qweight_ptr + rn[None, :] * stride_qn + (rc[:, None] * BITS + j) * stride_qb,
                                mask=c_mask, other=0)
                 word |= byte.to(word.dtype) << (8 * j)
