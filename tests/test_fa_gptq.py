@@ -1,4 +1,4 @@
-"""`fa-gptq`: PolarQuant on the output-axis spectrum with GPTQ's error feedback."""
+"""`fa-gptq -O axis=output`: PolarQuant on the output-axis spectrum with GPTQ's error feedback."""
 
 import pytest
 import torch
@@ -24,9 +24,12 @@ def _act_err(W, Q, H):
     return float(((D @ H.double()) * D).sum() / ((W.double() @ H.double()) * W.double()).sum()) ** 0.5
 
 
+_OUTPUT = {"axis": "output"}  # this file checks the output-axis loop; test_fa_gptq_input_axis.py the default
+
+
 def test_feedback_lowers_the_activation_error_and_bits_are_counted():
     W, stats = _problem()
-    method = get_method("fa-gptq")(build_config("fa-gptq"))
+    method = get_method("fa-gptq")(build_config("fa-gptq", _OUTPUT))
     layer = method.compress(W, stats)
     assert isinstance(layer, FourierLinear) and layer.mode == "rfft_out"
     # the same rounding without feedback: an identity Hessian has no off-diagonal to push errors along
@@ -40,7 +43,7 @@ def test_feedback_lowers_the_activation_error_and_bits_are_counted():
 
 def test_forward_modes_agree_and_the_layer_round_trips_its_state():
     W, stats = _problem(m=32, n=128)
-    layer = get_method("fa-gptq")(build_config("fa-gptq")).compress(W, stats, bias=torch.randn(32))
+    layer = get_method("fa-gptq")(build_config("fa-gptq", _OUTPUT)).compress(W, stats, bias=torch.randn(32))
     x = torch.randn(3, 128)
     ref = x @ layer.dequantize(torch.float32).T + layer.bias
     for mode in ("cached", "dequant", "spectral"):
@@ -52,7 +55,7 @@ def test_forward_modes_agree_and_the_layer_round_trips_its_state():
 
 
 def test_bad_shapes_and_missing_data_are_refused():
-    method = get_method("fa-gptq")(build_config("fa-gptq"))
+    method = get_method("fa-gptq")(build_config("fa-gptq", _OUTPUT))
     with pytest.raises(ConfigError, match="even number of outputs"):
         method.check_layer("odd", nn.Linear(128, 33))
     with pytest.raises(ConfigError, match="does not divide"):

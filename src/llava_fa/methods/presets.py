@@ -6,6 +6,11 @@ split and all of WikiText-2. The uncompressed testbed: perplexity 21.31, easy-VQ
 preset is what was measured, not a promise: a collapsed row says the budget is too small for the method
 on this 135M decoder. The binarization family is listed at its ~1.1-bit budget (about 1.08 bits of
 sign codes, the papers' convention); with every stored bit counted it costs 2.8-3.2 bpw.
+
+`BOUNDED_PRESETS` is a separate group: runs measured only on `eval`'s bounded CPU evaluation
+(BOUNDED_EVAL says which), each citing its JSON record instead of a run of bench_testbed.yaml. Their
+figures are not comparable with the full-split ones, and `--help-method` prints them under their
+own heading.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ class Preset:
     ppl: float  # WikiText-2 perplexity
     vqa: float  # easy-VQA accuracy (fast mode), fraction
     kl: float  # KL(uncompressed || compressed) per token
-    run: str  # its name in examples/bench_testbed.yaml
+    run: str  # its name in examples/bench_testbed.yaml (bounded presets: its record, see BOUNDED_RECORDS)
+    evaluation: str = "full"  # "full": H100, full splits (docs/RESULTS.md); "bounded-cpu": see BOUNDED_EVAL
 
     def flags(self) -> str:
         return " ".join(f"-O {k}={v}" for k, v in self.options) or "(defaults)"
@@ -77,16 +83,48 @@ PRESETS: dict[str, tuple[Preset, ...]] = {
     # "higgs": not yet measured (no run in examples/bench_testbed.yaml), so --help-method lists no preset for it.
 }
 
+# --- Measured on the bounded CPU evaluation only (not the full-split H100 runs above) -------------
+# Testbed 1, compressed and evaluated on 2 CPU cores in float32 (docs/results/fa_gptq_input_cpu/README.md).
+# The runs gave the bits explicitly (fa-gptq's defaults 2+4; -O mag_bits=3 -O phase_bits=5;
+# -O mag_bits=2 -O phase_bits=3); the bpw targets below pick, layer for layer, those very forms
+# (methods/fa_gptq/budget.py; tests/test_fa_gptq_bpw.py checks every module's stored bits against the
+# record). Figures copied from the records (bpw: size.decoder_linear.bpw, PPL: perplexity.ppl, easy-VQA:
+# vqa.fast.accuracy of 300, KL: fidelity.kl), rounded. No full-split run of `fa-gptq -O axis=input` is
+# recorded yet (the fagi* runs of examples/bench_testbed2.yaml are planned, not done).
+BOUNDED_EVAL = ("bounded CPU evaluation: 4 WikiText-2 windows of 2048 tokens, the first 300 easy-VQA test questions "
+                "(fast mode), KL on 64 prompts")
+BOUNDED_RECORDS = "docs/results/fa_gptq_input_cpu/"
+_IN = {"axis": "input"}
+BOUNDED_PRESETS: dict[str, tuple[Preset, ...]] = {
+    "fa-gptq": (
+        Preset("~4 bpw", tuple({**_IN, "bpw": 4.2}.items()), 4.136, 26.11, .8767, 0.232,
+               "fa_gptq_input_35.json", "bounded-cpu"),
+        Preset("~3 bpw", tuple({**_IN, "bpw": 3.2}.items()), 3.136, 34.16, .6967, 0.669,
+               "fa_gptq_input.json", "bounded-cpu"),
+        Preset("~2.5 bpw", tuple({**_IN, "bpw": 2.7}.items()), 2.638, 56.86, .5267, 1.086,
+               "fa_gptq_input_23.json", "bounded-cpu"),
+    ),
+}
+
 
 def describe_presets(method: str) -> str:
     """The presets of a method as lines for `--help-method`, or "" when none was measured."""
+    lines = []
     presets = PRESETS.get(method, ())
-    if not presets:
-        return ""
-    lines = ["recommended options by budget (measured on the testbed, H100, full splits; uncompressed: "
-             "PPL 21.31, easy-VQA 87.77%; run names from examples/bench_testbed.yaml, docs/RESULTS.md):"]
-    if presets[0].budget.endswith("sign"):
-        lines.append("  (~1.1 sign: about 1.08 bits of sign codes per weight; the bpw column counts every stored bit)")
-    for p in presets:
-        lines.append(f"  {p.budget:<10} {p.flags():<64} {p.bpw:.3f} bpw  {p.result()}  [{p.run}]")
+    if presets:
+        lines.append("recommended options by budget (measured on the testbed, H100, full splits; uncompressed: "
+                     "PPL 21.31, easy-VQA 87.77%; run names from examples/bench_testbed.yaml, docs/RESULTS.md):")
+        if presets[0].budget.endswith("sign"):
+            lines.append("  (~1.1 sign: about 1.08 bits of sign codes per weight; the bpw column counts every "
+                         "stored bit)")
+        lines += [_line(p) for p in presets]
+    bounded = BOUNDED_PRESETS.get(method, ())
+    if bounded:
+        lines.append(f"recommended options by budget, measured on the {BOUNDED_EVAL} (not comparable with "
+                     f"full-split figures; records in {BOUNDED_RECORDS}):")
+        lines += [_line(p) for p in bounded]
     return "\n".join(lines)
+
+
+def _line(p: Preset) -> str:
+    return f"  {p.budget:<10} {p.flags():<64} {p.bpw:.3f} bpw  {p.result()}  [{p.run}]"

@@ -1,6 +1,8 @@
 """`fa`: LLaVA-FA, joint low-rank + quantization of the weight's Fourier spectrum (PolarQuant codes,
 FourierSVD factors, optional diagonal calibration ODC), calibration-free by default. Stored in the
-`fourier` format.
+`fourier` format. Best LLaVA-FA form measured so far (bounded CPU evaluation, testbed 1): error feedback
+on the input-axis spectrum, picked by budget alone with `-m fa-gptq -O axis=input -O bpw=X` (see
+`--help-method fa-gptq`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ its grids); the Lloyd magnitude levels are fitted once on the unquantized spectr
 Nyquist rows are real and take symmetric real codes. Stored as a plain `fourier` layer (transform
 rfft_out, rank 0) through `FourierLinear.from_codes`.
 
-`-O axis=input` runs the feedback on the input-axis spectrum (transform rfft) instead: there the
-Hessian becomes T H T^T in the real DFT basis T, and each (Re, Im) pair is rounded jointly and fed
-back as a 2-column block (input_axis.py).
+The default, `-O axis=input`, runs the feedback on the input-axis spectrum (transform rfft) instead:
+there the Hessian becomes T H T^T in the real DFT basis T, and each (Re, Im) pair is rounded jointly
+and fed back as a 2-column block (input_axis.py). It measured better than the output axis above
+(`-O axis=output`) end to end (docs/results/fa_gptq_input_cpu) and is the form the fused kernel runs.
+
+`-O bpw=B` picks each layer's bits (mag_bits, phase_bits, group_size) from a short table of forms
+measured end to end: the costliest one that fits B, bits counted as the format stores them (budget.py).
 """
 
 from llava_fa.methods.fa_gptq.config import FAGPTQConfig

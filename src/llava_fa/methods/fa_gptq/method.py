@@ -34,25 +34,30 @@ class FAGPTQ(Method):
     needs = frozenset({XTX})
 
     def check_layer(self, name: str, linear: nn.Linear) -> None:
-        self._check_shape(name, linear.out_features, linear.in_features)
+        self._params(name, linear.out_features, linear.in_features)
 
-    def _check_shape(self, name: str, m: int, n: int) -> None:
+    def _params(self, name: str, m: int, n: int) -> dict[str, Any]:
+        """The layer's `fourier` parameters (with bpw: the form chosen for its shape), checked against it."""
+        try:
+            params = self.config.layer_params(m, n)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (layer {name})") from None
         if self.config.axis == "input":
-            return  # the input-axis groups run along each spectral row; its last group may be shorter
+            return params  # the input-axis groups run along each spectral row; its last group may be shorter
         if m % 2:
             raise ConfigError(f"fa-gptq needs an even number of outputs; {name} has {m}. Fix: --ignore it")
-        if n % self.config.group_size:
-            raise ConfigError(f"fa-gptq: group_size {self.config.group_size} does not divide the {n} inputs of "
+        if n % params["group_size"]:
+            raise ConfigError(f"fa-gptq: group_size {params['group_size']} does not divide the {n} inputs of "
                               f"{name}. Fix: pick a divisor of {n}")
+        return params
 
     def compress(self, weight: torch.Tensor, stats: LayerStats | None,
                  bias: torch.Tensor | None = None) -> FourierLinear:
         if stats is None:
             raise ConfigError("fa-gptq needs calibration data (X^T X); do not pass --nsamples 0")
         c, (m, n) = self.config, weight.shape
-        self._check_shape("this layer", m, n)
+        params = self._params("this layer", m, n)
         prepared = prepare_hessian(weight, stats.hessian(c.modality).to(weight.device), c.damp, method="fa-gptq")
-        params = c.layer_params()
         if c.axis == "input":
             # The damped H (dead inputs handled as GPTQ does) is rotated into the real DFT basis there.
             codes, _ = input_axis_codes(prepared.weight, prepared.hessian, params, c.damp)
