@@ -71,25 +71,15 @@ def word_shape(bits: int) -> tuple[int, int]:
 
 
 def pack_codes(grid: torch.Tensor, bits: int) -> torch.Tensor:
-    """(k_pad, m) codes -> uint8 (k_pad / entries * word_bytes, m): byte t of word w of every row at row
-    w * word_bytes + t, code e of a word at bit e * bits (little-endian)."""
-    entries, word_bytes = word_shape(bits)
-    k_pad, m = grid.shape
-    words = grid.to(torch.int64).reshape(k_pad // entries, entries, m)
-    shifts = torch.arange(entries, device=grid.device, dtype=torch.int64)[None, :, None] * bits
-    word = (words << shifts).sum(1)  # (n_words, m)
-    byte_shifts = torch.arange(word_bytes, device=grid.device, dtype=torch.int64)[None, :, None] * 8
-    return ((word[:, None, :] >> byte_shifts) & 0xFF).reshape(-1, m).to(torch.uint8).contiguous()
+    """(k_pad, m) codes -> uint8 (k_pad * bits / 8, m): each output row's codes packed along k as the
+    stored codes are (quantizers.packing: little-endian, so a word of `word_shape` is whole bytes of
+    that stream), the bytes transposed so that output rows are contiguous."""
+    return pack(grid.T.contiguous(), bits).T.contiguous()
 
 
 def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Inverse of `pack_codes`: (k_pad, m) int64 codes."""
-    entries, word_bytes = word_shape(bits)
-    m = packed.shape[1]
-    byte_shifts = torch.arange(word_bytes, device=packed.device, dtype=torch.int64)[None, :, None] * 8
-    word = (packed.to(torch.int64).reshape(-1, word_bytes, m) << byte_shifts).sum(1)
-    shifts = torch.arange(entries, device=packed.device, dtype=torch.int64)[None, :, None] * bits
-    return ((word[:, None, :] >> shifts) & ((1 << bits) - 1)).reshape(-1, m)
+    """Inverse of `pack_codes`: (k_pad, m) codes (uint8)."""
+    return unpack(packed.T.contiguous(), bits, packed.shape[0] * 8 // bits).T
 
 
 def supported(layer) -> bool:
