@@ -175,7 +175,7 @@ def lloyd_levels(u: torch.Tensor, bits: int, iters: int = 30) -> torch.Tensor:
     for _ in range(iters):
         idx = nearest_level(u, levels)
         sums = torch.zeros_like(levels).index_add_(0, idx, u)
-        cnt = torch.zeros_like(levels).index_add_(0, idx, torch.ones_like(u))
+        cnt = torch.bincount(idx, minlength=levels.numel()).to(levels.dtype)  # exact counts, no tensor of ones
         new = torch.where(cnt > 0, sums / cnt.clamp_min(1), levels)
         if torch.allclose(new, levels, atol=1e-7):
             break
@@ -203,6 +203,7 @@ def polar_quantize(z: torch.Tensor, groups: Groups, mag_bits: int, phase_bits: i
     phase = torch.remainder(torch.round((theta + math.pi) * (nph / (2 * math.pi))), nph).to(torch.int64)
     # The component along the chosen direction: >= 0, since the phase error is at most pi/2.
     p = (z * torch.polar(torch.ones_like(theta), -phase_values(phase, phase_bits))).real.clamp_min(0)
+    del theta  # entry-sized temporaries freed before the scale search and Lloyd's fit (peak memory)
     uniform = uniform_levels(mag_bits, z.device)
 
     def sq_error(scale):  # the part of |z - z_hat|^2 the magnitude controls, for the fixed phase
@@ -212,6 +213,7 @@ def polar_quantize(z: torch.Tensor, groups: Groups, mag_bits: int, phase_bits: i
     # Lloyd levels are fitted after the scale (chosen with uniform levels) fixes the normalization.
     scale = best_scale(group_max(p, groups), groups, sq_error, search)
     u = (p / scale[groups.gid]).clamp(0, 1)
+    del p, sq_error  # sq_error holds p
     lv = lloyd_levels(u, mag_bits) if levels == "lloyd" else uniform
     return PolarCodes(nearest_level(u, lv), phase, scale, lv)
 

@@ -52,11 +52,13 @@ def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None
         L = None
         if rank:
             A, B = lowrank_fit(S if Q is None else S - Q, rank)
+            Q = None  # not needed again before the codes replace it: one m x h grid less at the peak
             layer.set_lowrank(A, B, scale_search)
             L = layer.lowrank_grid()
         if codes:
-            layer.set_codes(S if L is None else S - L, scale_search)
-            Q = layer.codes_grid()
+            target, L = (S if L is None else S - L), None  # L is not needed again: one grid less at the peak
+            layer.set_codes(target, scale_search)
+            Q, target = layer.codes_grid(), None
         err = (Ws - layer.reconstruct_scaled()).norm().item()
         log.debug("fa %dx%d %s rank %d: iterate %d weighted error %.6g (relative %.4f)", m, n, mode, rank, step, err,
                   err / max(Ws.norm().item(), 1e-30))
