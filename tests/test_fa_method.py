@@ -109,7 +109,7 @@ def test_alternation_keeps_the_best_iterate(transform, quantizer):
 
 def test_bpw_target_picks_the_largest_rank_that_fits():
     m, n = 48, 40
-    cfg = build_config("fa", {"bpw": 5.0, "mag_bits": 3, "phase_bits": 3})
+    cfg = build_config("fa", {"structure": "joint", "bpw": 5.0, "mag_bits": 3, "phase_bits": 3})
     p = plan_layer(cfg, m, n)
     assert p["rank"] > 0 and (p["mag_bits"], p["phase_bits"]) == (3, 3)
     assert FourierLinear(n, m, **p).bits_per_weight() <= 5.0
@@ -122,7 +122,7 @@ def test_bpw_target_picks_the_largest_rank_that_fits():
     with pytest.raises(ConfigError, match="rank-1"):
         plan_layer(build_config("fa", {"bpw": 0.01, "structure": "lowrank"}), m, n)
     layer = _compress(_weight(), bpw=3.0)
-    assert layer.bits_per_weight() <= 3.0
+    assert layer.bits_per_weight() <= 3.0 and layer.params()["rank"] == 0  # the default structure: codes only
 
 
 def test_real_testbed_weight(testbed_dir):
@@ -157,3 +157,11 @@ def test_yaml_off_reads_as_the_off_option():
     assert opts["odc"] is False and build_config("fa", opts).odc == "off"
     with pytest.raises(ConfigError, match="must be one of"):
         build_config("fa", {"structure": False})  # no "off" among its choices: still an error
+
+
+def test_default_structure_is_quant_and_a_rank_asks_for_joint():
+    assert build_config("fa").structure == "quant"
+    assert build_config("fa", {"rank": 4}).structure == "joint"
+    assert build_config("fa", {"rank_fraction": 0.1}).structure == "joint"
+    with pytest.raises(ConfigError, match="no low-rank part"):
+        build_config("fa", {"structure": "quant", "rank": 4})

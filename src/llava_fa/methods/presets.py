@@ -57,7 +57,7 @@ PRESETS: dict[str, tuple[Preset, ...]] = {
     # measured with rfft2, fa's default transform before rfft (as good at equal bits: fa_transform_study.md)
     "fa": (_p("~4 bpw", {"transform": "rfft2", "structure": "quant", "mag_bits": 3, "phase_bits": 5,
                          "odc": "calibrated"}, 4.160, 24.42, .7299, 0.607, "fa4q_odccal"),
-           _p("~3 bpw", {"transform": "rfft2", "bpw": 3.3, "odc": "calibrated"}, 3.284, 33.43, .3626, 2.102,
+           _p("~3 bpw", {"transform": "rfft2", "structure": "joint", "bpw": 3.3, "odc": "calibrated"}, 3.284, 33.43, .3626, 2.102,
               "fa3j_odccal"),
            _p("~2.5 bpw", {"transform": "rfft2", "structure": "quant", "mag_bits": 2, "phase_bits": 3,
                            "odc": "calibrated"}, 2.659, 109.08, .3533, 4.311, "fa25q_odccal")),

@@ -9,7 +9,7 @@ from typing import Literal
 from llava_fa.errors import ConfigError
 from llava_fa.methods.base import MethodConfig, option
 
-DEFAULT_RANK = 8  # used by joint/lowrank when neither rank, rank_fraction nor bpw is given
+DEFAULT_RANK = 8  # used by --structure joint/lowrank when neither rank, rank_fraction nor bpw is given
 
 
 @dataclass
@@ -19,8 +19,12 @@ class FAConfig(MethodConfig):
                 "equal bits, docs/results/fa_transform_study.md, and the fused GPU kernel runs it 2-4x faster), half "
                 "2-D spectrum, full 2-D spectrum (stores twice the reals: an ablation), or the weight itself "
                 "(spatial control)")
-    structure: Literal["joint", "lowrank", "quant"] = option(
-        "joint", "joint: low-rank + quantized residual; lowrank: low-rank part only; quant: codes only (rank 0)")
+    # quant is the default: at equal bits the low-rank part ties at rank 4 and loses at rank 8 or more on
+    # real layers (docs/results/fa_rank_study.md; it pays on q_proj only), and on the testbed's full splits
+    # quant had lower KL at fewer bits (fa3q_odccal 3.16 bpw KL 1.637 vs fa3j_odccal 3.28 bpw KL 2.102).
+    structure: Literal["joint", "lowrank", "quant"] | None = option(
+        None, "quant: codes only (rank 0); joint: low-rank + quantized residual (the paper's form); lowrank: "
+              "low-rank part only; default quant, or joint when rank or rank_fraction is given")
     # Joint at rank 0 is the same as quant, so rank sweeps can start at 0.
     rank: int | None = option(None, "absolute rank of the spectral low-rank part, clamped to the layer's max rank "
                                     f"min(m, h) (default {DEFAULT_RANK} without rank_fraction or bpw)")
@@ -59,6 +63,10 @@ class FAConfig(MethodConfig):
     svd_power_iters: int = option(3, "power iterations of the randomized SVD, >= 0 (more: closer to exact, slower)")
     bpw: float | None = option(None, "target bits per weight, every stored bit counted: chooses the rank and "
                                      "lowers the code bits if even rank 0 does not fit (methods/fa/budget.py)")
+
+    def __post_init__(self) -> None:
+        if self.structure is None:  # a rank asks for a low-rank part: the joint form
+            self.structure = "joint" if (self.rank or 0) > 0 or self.rank_fraction is not None else "quant"
 
     def resolved_real_bits(self) -> int:
         return self.real_bits if self.real_bits is not None else math.ceil((self.mag_bits + self.phase_bits) / 2)

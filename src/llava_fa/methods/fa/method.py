@@ -1,5 +1,6 @@
-"""`fa`: LLaVA-FA, joint low-rank + quantization of the weight's Fourier spectrum (PolarQuant codes,
-FourierSVD factors, optional diagonal calibration ODC), calibration-free by default. Stored in the
+"""`fa`: LLaVA-FA, quantization of the weight's Fourier spectrum (PolarQuant codes; `-O structure=joint`
+adds the paper's FourierSVD low-rank part, which did not pay at equal bits: docs/results/fa_rank_study.md;
+optional diagonal calibration ODC), calibration-free by default. Stored in the
 `fourier` format. Best LLaVA-FA form measured so far (bounded CPU evaluation, testbed 1): error feedback
 on the input-axis spectrum, picked by budget alone with `-m fa-gptq -O axis=input -O bpw=X` (see
 `--help-method fa-gptq`).
