@@ -9,8 +9,12 @@ From CLI flags, or from a YAML/JSON file such as:
     vision: false        # add the vision tower's linear layers
     projector: false     # add the projector's
     calibration: {source: auto, nsamples: 32, seqlen: 256, seed: 0}
+    layer_options:       # per-layer overrides of `options` (e.g. written by `llava-fa allocate`)
+      model.language_model.layers.0.mlp.down_proj: {bits: 4}
+    allocation: {...}    # informational: how `llava-fa allocate` chose layer_options; compress ignores it
 
-Flags given on the command line override the file.
+Flags given on the command line override the file (`-O` sets `options`; a layer's own
+`layer_options` still win over them for that layer).
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class Recipe:
     vision: bool = False
     projector: bool = False
     calibration: Calibration = field(default_factory=Calibration)
+    # layer name -> options that replace `options` for that layer alone. Checked against the method
+    # here (keys) and against the model's selected layers once it is loaded (names).
+    layer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    allocation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +76,9 @@ class Recipe:
         if "options" in d and not isinstance(d["options"] or {}, dict):
             raise ConfigError(f"{where}: 'options' must be a mapping of method options")
         d["options"] = dict(d.get("options") or {})
+        d["layer_options"] = check_layer_options(d.get("layer_options"), where)
+        if d.get("allocation") is not None and not isinstance(d["allocation"], dict):
+            raise ConfigError(f"{where}: 'allocation' must be a mapping (it is written by `llava-fa allocate`)")
         d["ignore"] = list(d.get("ignore") or [])
         return cls(**d, calibration=Calibration(**cal))
 
@@ -87,3 +98,23 @@ class Recipe:
         except Exception as e:  # yaml/json parser errors carry the position
             raise ConfigError(f"cannot parse recipe {path}: {e}") from None
         return cls.from_dict(data or {}, where=str(path))
+
+
+def check_layer_options(value: Any, where: str = "recipe") -> dict[str, dict[str, Any]]:
+    """`layer_options` as {layer name: {option: value}}; the option names are checked against the
+    method later (pipeline.check_recipe), as `options` are."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'layer_options' must be a mapping of layer name to options, e.g. "
+                          f"layer_options: {{model.layers.0.mlp.down_proj: {{bits: 4}}}}")
+    out = {}
+    for layer, options in value.items():
+        if not isinstance(layer, str) or not layer:
+            raise ConfigError(f"{where}: layer_options has a key {layer!r} that is not a layer name. Fix: use "
+                              f"the module's full name, e.g. model.layers.0.mlp.down_proj")
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(f"{where}: layer_options[{layer}] must be a mapping of method options, e.g. "
+                              f"{{bits: 4}}; got {options!r}")
+        out[layer] = dict(options)
+    return out

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from llava_fa.assets import AssetError
-from llava_fa.commands import bench, bench_decode, chat, compress, demo, export, testbed
+from llava_fa.commands import allocate, bench, bench_decode, chat, compress, demo, export, testbed
 from llava_fa.commands import eval as evaluate
 from llava_fa.commands.common import CleanHelpCommand
 from llava_fa.errors import UserError
@@ -21,6 +21,7 @@ from llava_fa.errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress multimodal models after training: LLaVA-FA, SAB-LVLM and baselines.")
 app.command("eval", cls=CleanHelpCommand)(evaluate.eval_command)
+app.command("allocate", cls=CleanHelpCommand)(allocate.allocate)
 app.command("bench", cls=CleanHelpCommand)(bench.bench)
 app.command("bench-decode", cls=CleanHelpCommand)(bench_decode.bench_decode)
 app.command("chat", cls=CleanHelpCommand)(chat.chat)

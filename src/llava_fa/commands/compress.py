@@ -188,7 +188,7 @@ def build_recipe(recipe_file, method, flags, options, targets, ignore, vision, p
         rec = Recipe.from_file(recipe_file) if recipe_file is not None else Recipe()
     if method is not None:
         if recipe_file is not None and method != rec.method:
-            rec.options = {}  # the file's options belong to its method
+            rec.options, rec.layer_options = {}, {}  # the file's options belong to its method
         rec.method = method
     rec.options.update({k: v for k, v in flags.items() if v is not None})
     for item in options:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.methods.base import Method, MethodConfig, build_config, get_method
 from llava_fa.pipeline.distributed import barrier, init_world
+from llava_fa.pipeline.layer_methods import check_layer_names, with_layer_options
 from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
 from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
 from llava_fa.pipeline.sequential import compress_model, image_token_id
@@ -27,7 +28,7 @@ from llava_fa.selection import default_patterns, find_parts, select
 
 __all__ = ["compress_checkpoint", "compress_model", "summarize", "bits_by_part", "image_token_id", "LayerReport",
            "plan", "Plan", "make_plan", "resolve_model_path", "make_fingerprint", "WorkDir", "check_targets",
-           "default_patterns", "find_parts", "select"]
+           "check_recipe", "default_patterns", "find_parts", "select"]
 
 # Bumped when shards written by an older version could not be resumed by this one.
 WORK_DIR_VERSION = 1
@@ -61,6 +62,7 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
         model, processor, weights = load(path, device, dtype, stream, info)
     parts = find_parts(model)
     names, targets, ignore = plan(model, recipe, parts)
+    check_layer_names(getattr(recipe, "layer_options", None) or {}, names)
     blocks = make_plan(model, names, method, parts)
     describe_selection(model, names, parts, ignore, method, info)
     if on_layers:
@@ -82,6 +84,8 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
                   calibration=described, device=str(device), layers=[r.to_dict() for r in rows],
                   summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded())
+    if getattr(recipe, "layer_options", None):  # the per-layer options beside the default method_config
+        report["layer_options"] = recipe.layer_options
     if world.writer:
         qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
         with clock("save"):  # after the report: its stage_seconds cover the run up to saving
@@ -132,10 +136,19 @@ def check_options(recipe, out: Path, overwrite: bool, model_path: Path | None = 
     """The method with its config, after every check of the options and outputs that needs no model:
     method options, re: patterns, calibration, and the outputs (apart from the model folder, an
     existing --out replaced only with `overwrite` and only if llava-fa wrote it, writable)."""
+    method, config = check_recipe(recipe)
+    check_outputs(Path(out), overwrite, Path(model_path) if model_path is not None else None, work_dir)
+    return method, config
+
+
+def check_recipe(recipe) -> tuple[Method, MethodConfig]:
+    """The method (per layer where the recipe has `layer_options`) and its default config, after the
+    checks of the recipe that need no model: options, per-layer options, re: patterns, calibration."""
     from llava_fa.calibration.data import SOURCES
 
     config = build_config(recipe.method, recipe.options)
-    method = get_method(recipe.method)(config)
+    method = with_layer_options(get_method(recipe.method)(config), recipe.method, recipe.options,
+                                getattr(recipe, "layer_options", None) or {})
     check_patterns([*(recipe.targets or []), *recipe.ignore])
     cal = recipe.calibration
     if cal.nsamples < 0 or cal.seqlen < 1:
@@ -143,7 +156,6 @@ def check_options(recipe, out: Path, overwrite: bool, model_path: Path | None = 
     if cal.source not in SOURCES and not Path(cal.source).is_file():
         raise DataError(f"calibration source {cal.source!r} is neither one of {', '.join(SOURCES)} nor an existing "
                         f"text file")
-    check_outputs(Path(out), overwrite, Path(model_path) if model_path is not None else None, work_dir)
     return method, config
 
 

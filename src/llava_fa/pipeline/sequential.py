@@ -287,8 +287,10 @@ def compress_linear(run: CompressionRun, name: str, stats: LayerStats | None) ->
     if stats is not None and stats.count() == 0:
         raise DataError(f"{name} saw no calibration tokens; for vision/projector targets use image samples "
                         f"(--calib easyvqa or mixed)")
+    # A recipe's layer_options (layer_methods.py) give some layers their own options.
+    method = run.method.for_layer(name) if hasattr(run.method, "for_layer") else run.method
     t0 = time.perf_counter()
-    compressed = run.method.compress(dense.weight.data, stats, None if dense.bias is None else dense.bias.data)
+    compressed = method.compress(dense.weight.data, stats, None if dense.bias is None else dense.bias.data)
     return compressed.to(dense.weight.device), time.perf_counter() - t0
 
 
