@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llava_fa.commands.common import DTYPE_HELP, check_output_file, reported_as_user_errors
+from llava_fa.commands.common import (CALIB_OPTION, DEVICE_OPTION, DTYPE_HELP, IGNORE_OPTION, NSAMPLES_OPTION,
+                                      SEQLEN_OPTION, TARGET_OPTION, check_output_file, reported_as_user_errors)
 from llava_fa.errors import UserError
 
 STAGES = {"sensitivity": "sensitivity (noise on one layer at a time)",
@@ -34,19 +35,16 @@ def allocate(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML/JSON recipe to start from; flags override it."),
     option: list[str] = typer.Option([], "--option", "-O", metavar="KEY=VALUE", show_default=False,
                                      help="Method option shared by every candidate (repeatable)."),
-    target: list[str] = typer.Option([], "--target", "-t", metavar="PATTERN", show_default="the language decoder's "
-                                     "linear layers", help="Module name, class name or re:REGEX (repeatable)."),
-    ignore: list[str] = typer.Option([], "--ignore", "-i", metavar="PATTERN", show_default=False,
-                                     help="Pattern of modules to leave alone (repeatable)."),
-    calib: Optional[str] = typer.Option(None, "--calib", show_default="auto",
-                                        help="auto, wikitext, builtin, easyvqa, mixed or a .txt path."),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", show_default="32", help="Calibration samples, 0: none."),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", show_default="256", help="Tokens per text sample."),
+    target: list[str] = TARGET_OPTION,
+    ignore: list[str] = IGNORE_OPTION,
+    calib: Optional[str] = CALIB_OPTION,
+    nsamples: Optional[int] = NSAMPLES_OPTION,
+    seqlen: Optional[int] = SEQLEN_OPTION,
     seed: Optional[int] = typer.Option(None, "--seed", show_default="0", help="Calibration (and noise) seed."),
     noise: float = typer.Option(0.01, "--noise", help="calibrated: relative MSE t of the noise per layer."),
     sensitivity_samples: int = typer.Option(4, "--sensitivity-samples",
                                             help="calibrated: calibration sequences the KL is measured on."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    device: str = DEVICE_OPTION,
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:

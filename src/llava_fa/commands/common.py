@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+import typer
 from typer.core import TyperCommand
 
 from llava_fa.errors import LlavaFAError, UserError
@@ -15,6 +16,17 @@ DTYPE_HELP = ("auto (float32 on CPU, the checkpoint's own dtype on CUDA), float3
               "on CUDA), bfloat16, float16.")
 FORWARD_MODE_HELP = ("How compressed layers run: auto (default: compressed in GPU memory, the dense weight "
                      "cached on CPU), cached, dequant, fused (affine), spectral (fourier).")
+
+# Options that `compress` and `allocate` declare alike (one definition, the same help everywhere).
+TARGET_OPTION = typer.Option([], "--target", "-t", metavar="PATTERN", show_default="the language decoder's linear "
+                             "layers", help="Module name, class name or re:REGEX (repeatable).")
+IGNORE_OPTION = typer.Option([], "--ignore", "-i", metavar="PATTERN", show_default=False,
+                             help="Pattern of modules to leave alone (repeatable).")
+CALIB_OPTION = typer.Option(None, "--calib", show_default="auto", help="auto, wikitext, builtin, easyvqa, mixed or "
+                            "a .txt path.")
+NSAMPLES_OPTION = typer.Option(None, "--nsamples", show_default="32", help="Calibration samples, 0: none.")
+SEQLEN_OPTION = typer.Option(None, "--seqlen", show_default="256", help="Tokens per text sample.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
 @contextmanager

@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from llava_fa.commands.common import DTYPE_HELP, CleanHelpCommand, check_output_file, reported_as_user_errors
+from llava_fa.commands.common import (CALIB_OPTION, DEVICE_OPTION, DTYPE_HELP, IGNORE_OPTION, NSAMPLES_OPTION,
+                                      SEQLEN_OPTION, TARGET_OPTION, CleanHelpCommand, check_output_file,
+                                      reported_as_user_errors)
 from llava_fa.errors import UserError
 
 if TYPE_CHECKING:
@@ -69,20 +71,17 @@ def compress(
                                              help="GPTQ: columns by decreasing H_jj.", show_default=BY_METHOD),
     option: list[str] = typer.Option([], "--option", "-O", metavar="KEY=VALUE", show_default=False,
                                      help="Any method option (repeatable); --help-method NAME lists them."),
-    target: list[str] = typer.Option([], "--target", "-t", metavar="PATTERN", show_default="the language decoder's "
-                                     "linear layers", help="Module name, class name or re:REGEX (repeatable)."),
-    ignore: list[str] = typer.Option([], "--ignore", "-i", metavar="PATTERN", show_default=False,
-                                     help="Pattern of modules to leave alone (repeatable)."),
+    target: list[str] = TARGET_OPTION,
+    ignore: list[str] = IGNORE_OPTION,
     vision: Optional[bool] = typer.Option(None, "--vision/--no-vision", help="Compress the vision tower too.",
                                           show_default="no-vision"),
     projector: Optional[bool] = typer.Option(None, "--projector/--no-projector", help="Compress the projector too.",
                                              show_default="no-projector"),
-    calib: Optional[str] = typer.Option(None, "--calib", show_default="auto",
-                                        help="auto, wikitext, builtin, easyvqa, mixed or a .txt path."),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", show_default="32", help="Calibration samples, 0: none."),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", show_default="256", help="Tokens per text sample."),
+    calib: Optional[str] = CALIB_OPTION,
+    nsamples: Optional[int] = NSAMPLES_OPTION,
+    seqlen: Optional[int] = SEQLEN_OPTION,
     seed: Optional[int] = typer.Option(None, "--seed", show_default="0", help="Calibration sampling seed."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    device: str = DEVICE_OPTION,
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", show_default=".OUT.work", help="Shards for resuming."),
     restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run."),
