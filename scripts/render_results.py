@@ -31,7 +31,7 @@ from results_sections import (budget_section, bench_section, codes_only_note, cp
                               kernel_section, layer_bench_section)
 from results_runtime import runtime_section  # noqa: E402
 from results_studies import (baseline_properties_section, feedback_study_section, figures_section,  # noqa: E402
-                             odc_circulant_section)
+                             later_studies_section, odc_circulant_section)
 
 TABLE_HEADER = ("| run | flags | bpw | WikiText-2 PPL | easy-VQA acc. | KL | top-1 agr. | act. err | s |\n"
                 "|---|---|---|---|---|---|---|---|---|")
@@ -74,7 +74,7 @@ def render() -> str:
     out += feedback_study_section() + odc_circulant_section() + budget_section() + figures_section()
     out += baseline_properties_section() + cpu_binary_section()
     out += bench_section(ROOT / "docs" / "results" / "bench_cpu_small")
-    out += layer_bench_section() + kernel_section() + runtime_section()
+    out += layer_bench_section() + kernel_section() + runtime_section() + later_studies_section()
     return "\n".join(out) + "\n"
 
 

@@ -132,3 +132,21 @@ def baseline_properties_section() -> list[str]:
         lines.append(f"| {summ['claim']} | {rows[0]['metric']} | {summ['holds']}/{summ['layers']} | "
                      f"{min(ch):+.1%} .. {max(ch):+.1%} |")
     return lines
+
+
+# Studies run after the sweep, each with its commands and figures in its own record (CPU unless said).
+LATER_STUDIES = (
+    ("fa_transform_study.md", "`rfft` against `rfft2` at equal bits (why fa's default transform is rfft)"),
+    ("fa_input_axis_study.txt", "error feedback on the input-axis spectrum (`fa-gptq -O axis=input`), layer level"),
+    ("fa_gptq_input_cpu/README.md", "`fa-gptq -O axis=input` end to end against block Hadamard + GPTQ (bounded eval)"),
+    ("fa_rank_study.md", "where fa's low-rank part pays, at equal bits (why fa's default structure is quant)"),
+    ("allocation_cpu/README.md", "per-layer bit allocation (`llava-fa allocate`) against uniform GPTQ (bounded eval)"),
+    ("memory_bounded_cpu.md", "peak memory of streamed compression on a random 1B Llama"),
+    ("memory_bounded_load_cpu.md", "peak memory of loading and evaluating compressed folders"),
+)
+
+
+def later_studies_section() -> list[str]:
+    """Links to the studies that came after the testbed sweep; their figures live in their records."""
+    out = ["", "## Later studies", "", "Not part of the sweep above; each record holds its commands and figures:", ""]
+    return out + [f"- [{name}](results/{name}): {what}" for name, what in LATER_STUDIES] + [""]
