@@ -56,3 +56,16 @@ def test_to_and_load_state_dict_restore_first():
     rt.kernel_layout(other, torch.device("cpu"))
     other.load_state_dict(before)  # buffers full size again before loading
     assert torch.equal(other.phase_codes, before["phase_codes"])
+
+
+def test_codes_come_back_where_the_buffers_are():
+    """Buffers moved without .to() (the pipeline's offloading swaps module._buffers directly) still get
+    their codes back on their own device, not the layout's."""
+    m, n, params = CASES[0]
+    layer = make_layer(m, n, params)
+    before = _state(layer)
+    rt.kernel_layout(layer, torch.device("cpu"))
+    for key, b in layer._buffers.items():
+        layer._buffers[key] = b.to("meta")  # a stand-in for another device
+    state = layer.state_dict()
+    assert state["mag_codes"].device.type == "meta" and state["mag_codes"].shape == before["mag_codes"].shape

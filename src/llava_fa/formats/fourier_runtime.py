@@ -178,8 +178,9 @@ def stored_codes(layer, rt: KernelLayout) -> dict[str, torch.Tensor]:
     grid[:, 1:1 + rt.k_reg] = unpack_codes(rt.codes, rt.bits)[:rt.k_reg].T
     grid[:, list(rt.edge_cols)] = rt.edge_codes.to(torch.int64)
     stream = grid[cmask]
-    return {"mag_codes": pack(stream & ((1 << p["mag_bits"]) - 1), p["mag_bits"]),
-            "phase_codes": pack(stream >> p["mag_bits"], p["phase_bits"])}
+    home = layer.mag_scales.device  # where the layer's buffers are, should they have moved without .to()
+    return {"mag_codes": pack(stream & ((1 << p["mag_bits"]) - 1), p["mag_bits"]).to(home),
+            "phase_codes": pack(stream >> p["mag_bits"], p["phase_bits"]).to(home)}
 
 
 def restore_codes(layer) -> None:
