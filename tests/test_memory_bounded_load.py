@@ -28,21 +28,21 @@ RTN4 = Recipe(method="rtn", options={"bits": 4}, calibration=Calibration(source=
 WORDS = "the shape of a red circle is not the same as the blue square in the image".split()
 
 
-@pytest.fixture(scope="module")
-def llava_pair(tmp_path_factory):
-    """(dense tiny LLaVA folder, its rtn 4-bit compression)."""
-    root = tmp_path_factory.mktemp("llava")
-    dense = F.save_llava_dir(root / "dense")
+def _dense_and_rtn(root: Path, save) -> tuple[Path, Path]:
+    """(dense tiny model folder written by `save`, its rtn 4-bit compression)."""
+    dense = save(root / "dense")
     compress_checkpoint(dense, RTN4, root / "rtn")
     return dense, root / "rtn"
+
+
+@pytest.fixture(scope="module")
+def llava_pair(tmp_path_factory):
+    return _dense_and_rtn(tmp_path_factory.mktemp("llava"), F.save_llava_dir)
 
 
 @pytest.fixture(scope="module")
 def llama_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llama")
-    dense = F.save_llama_dir(root / "dense")
-    compress_checkpoint(dense, RTN4, root / "rtn")
-    return dense, root / "rtn"
+    return _dense_and_rtn(tmp_path_factory.mktemp("llama"), F.save_llama_dir)
 
 
 def stored_bytes(folder: Path) -> int:

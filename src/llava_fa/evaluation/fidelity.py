@@ -33,12 +33,18 @@ def _inputs(model, processor, group, is_text: bool) -> dict:
     return image_batch(model, processor, [ex.image_path for ex in group], [vqa_sequence(ex, processor) for ex in group])
 
 
-def _scored_positions(batch: dict, image_token_id: int | None) -> torch.Tensor:
+def scored_positions(batch: dict, image_token_id: int | None) -> torch.Tensor:
     """Real tokens, without the image placeholders (their predictions are never trained)."""
-    mask = batch["attention_mask"].bool()
+    ids = batch["input_ids"]
+    mask = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
     if image_token_id is not None:
-        mask &= batch["input_ids"] != image_token_id
+        mask &= ids != image_token_id
     return mask
+
+
+def kl_per_position(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(ref || model) at each position, from log-probabilities over the vocabulary (last axis)."""
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
 @torch.no_grad()
@@ -56,7 +62,7 @@ class _Tally:
         if logp.shape != ref_logp.shape:
             raise ValueError(f"model and reference disagree on logits shape {tuple(logp.shape)} vs "
                              f"{tuple(ref_logp.shape)}: they need the same tokenizer and vocabulary")
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # KL(ref || model) per position
+        kl = kl_per_position(ref_logp, logp)
         self.kl_sum += kl[mask].double().sum().item()
         self.agree += (logp.argmax(-1) == ref_logp.argmax(-1))[mask].sum().item()
         self.n_tokens += int(mask.sum())
@@ -96,7 +102,7 @@ def fidelity(model, reference, processor, examples: Sequence[VQAExample] | Seque
         batch = _inputs(model, processor, group, is_text)
         logp = F.log_softmax(_logits(model, batch), -1)
         ref_logp = F.log_softmax(_logits(reference, on_model(reference, batch)), -1).to(logp.device)
-        tally.add(logp, ref_logp, _scored_positions(batch, image_token_id))
+        tally.add(logp, ref_logp, scored_positions(batch, image_token_id))
     return tally.result(len(examples))
 
 
@@ -125,7 +131,7 @@ def record_model_side(model, processor, examples: Sequence[VQAExample] | Sequenc
     for n, group in enumerate(_groups(examples, batch_size, progress, "fidelity (model)"), 1):
         batch = _inputs(model, processor, group, is_text)
         logp = F.log_softmax(_logits(model, batch), -1)
-        mask = _scored_positions(batch, image_token_id)
+        mask = scored_positions(batch, image_token_id)
         tensors = {_BATCH + k: v.contiguous().cpu() for k, v in batch.items()}
         tensors.update(mask=mask.cpu(), scored=logp[mask].cpu(), shape=torch.tensor(logp.shape))
         save_file(tensors, str(Path(folder) / f"{n - 1}.safetensors"))

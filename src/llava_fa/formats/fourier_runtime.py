@@ -36,11 +36,7 @@ _ONE_GROUP = 1 << 30  # group_size -1: one group per row, which no entry index r
 class KernelLayout:
     codes: torch.Tensor  # uint8 (k_pad * bits / 8, m): codes packed along k (`pack_codes`), output rows contiguous
     bits: int  # b_r + b_theta: one code per complex entry, mag | phase << mag_bits
-    entries: int  # codes per packed word
-    word_bytes: int  # bytes per packed word
     tables: torch.Tensor  # int32 (2^bits,): float16 pairs (2 level cos, 2 level sin) per code
-    mag_bits: int
-    phase_bits: int
     scales: torch.Tensor  # float16 (n_groups,): a view of the stored group scales
     group_start: torch.Tensor  # int32 (m,): group of each row's first stored complex entry
     group_offset: torch.Tensor  # int32 (m,): stored complex entries of the row before column 1
@@ -55,6 +51,14 @@ class KernelLayout:
     cols: torch.Tensor | None  # ODC column scales (n,)
     rows: torch.Tensor | None  # ODC row scales (m,)
     holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
+
+    @property
+    def entries(self) -> int:  # codes per packed word
+        return word_shape(self.bits)[0]
+
+    @property
+    def word_bytes(self) -> int:  # bytes per packed word
+        return word_shape(self.bits)[1]
 
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
@@ -154,10 +158,8 @@ def build(layer, device: torch.device) -> KernelLayout:
         lowrank = (A.to(torch.complex64), (B * ft.column_weights(m, n, mode, device)).to(torch.complex64))
     cols, rows = layer.odc_scales()
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    entries, word_bytes = word_shape(bits)
-    return KernelLayout(pack_codes(regular, bits), bits, entries, word_bytes, _tables(layer, device),
-                        p["mag_bits"], p["phase_bits"], layer.mag_scales.view(torch.float16), start, offset,
-                        _edge_values(layer, cmask, rmask, list(edge_cols)),
+    return KernelLayout(pack_codes(regular, bits), bits, _tables(layer, device), layer.mag_scales.view(torch.float16),
+                        start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
                         None if cols is None else cols.float(), None if rows is None else rows.float())

@@ -25,6 +25,7 @@ from torch import nn
 
 from llava_fa.calibration.stats import LayerStats
 from llava_fa.errors import ConfigError
+from llava_fa.evaluation.fidelity import kl_per_position, scored_positions
 from llava_fa.methods.base import Method, build_config, get_method
 from llava_fa.pipeline.allocation import Candidate, LayerCosts, check_budget, plan_recipe, solve
 from llava_fa.pipeline.devices import to_device
@@ -163,7 +164,7 @@ def calibrated_alphas(model: nn.Module, names: list[str], samples: list[dict], c
     inputs = [to_device(s, device, dtype) for s in pick_samples(samples, config.samples)]
     if not inputs:
         raise ConfigError("--sensitivity calibrated needs calibration samples; pass --nsamples > 0")
-    keep = [_predicting(s, image_id) for s in inputs]
+    keep = [scored_positions(s, image_id)[0] for s in inputs]
     reference = [_log_probs(model, s, k) for s, k in zip(inputs, keep)]
     alphas = {}
     for i, name in enumerate(names):
@@ -171,7 +172,8 @@ def calibrated_alphas(model: nn.Module, names: list[str], samples: list[dict], c
         saved = weight.detach().clone()
         weight.data.add_(_noise(weight, config.noise, config.seed, name))
         try:
-            kl = sum(_kl(ref, _log_probs(model, s, k)) for ref, s, k in zip(reference, inputs, keep))
+            kl = sum(float(kl_per_position(ref.double(), _log_probs(model, s, k).double()).sum())  # float64 sums
+                     for ref, s, k in zip(reference, inputs, keep))
         finally:
             weight.data.copy_(saved)
         tokens = sum(int(k.sum()) for k in keep)
@@ -189,23 +191,10 @@ def _noise(weight: torch.Tensor, t: float, seed: int, name: str) -> torch.Tensor
     return n.to(weight.device, weight.dtype)
 
 
-def _predicting(sample: dict, image_id: int | None) -> torch.Tensor:
-    """(seq,) True at the positions whose next-token prediction counts."""
-    ids = sample["input_ids"][0]
-    keep = sample["attention_mask"][0].bool() if "attention_mask" in sample else torch.ones_like(ids, dtype=torch.bool)
-    return keep & (ids != image_id) if image_id is not None else keep
-
-
 def _log_probs(model: nn.Module, sample: dict, keep: torch.Tensor) -> torch.Tensor:
     """float32 log-probabilities at the kept positions (a reference of 4 x 256 tokens x 49k words: 200 MB)."""
     logits = model(**sample, use_cache=False).logits[0]
     return torch.log_softmax(logits[keep].float(), dim=-1)
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    """Sum over positions of KL(ref || other), both log-probabilities, summed in float64."""
-    ref, other = ref.double(), other.double()
-    return float((ref.exp() * (ref - other)).sum())
 
 
 # --- the whole measurement ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from llava_fa.errors import ConfigError
-from llava_fa.formats.fourier_layout import Layout
+from llava_fa.methods.fa.budget import layer_bits  # the fourier format's own count of stored bits
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,6 @@ FORMS: tuple[Form, ...] = (
     # 4.136 bpw: PPL 26.11, easy-VQA 87.67%, KL 0.232.
     Form(3, 5, 64, "fa_gptq_input_35.json"),
 )
-
-
-def layer_bits(m: int, n: int, params: dict[str, Any]) -> int:
-    """Bits the `fourier` layer of these parameters stores (the format's own count)."""
-    return Layout(m, n, params).storage_bits()
 
 
 def choose_form(bpw: float, m: int, n: int, params_of: Callable[[Form], dict[str, Any]]) -> dict[str, Any]:
