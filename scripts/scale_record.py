@@ -39,6 +39,7 @@ def main() -> None:
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     print(json.dumps({"name": args.name, "processes": args.procs, "rc": args.rc, "wall_seconds": args.seconds,
                       "peak_gpu_mib": peak_mib(Path(args.smi)), "pipeline_seconds": report.get("wall_seconds"),
+                      "stage_seconds": report.get("stage_seconds"), "rank_stage_seconds": report.get("rank_stage_seconds"),
                       "summary": {k: report.get("summary", {}).get(k) for k in ("layers", "bpw", "rel_error")}}))
 
 

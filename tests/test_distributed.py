@@ -4,6 +4,7 @@ on CPU (gloo) stores exactly the tensors a single process stores, for a dense VL
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def test_two_gloo_ranks_store_the_tensors_of_one_process(tmp_path, method, build
     digests = tensor_digests(tmp_path / "one")
     assert digests and digests == tensor_digests(tmp_path / "two")
     assert two.stderr.count("wrote ") == 1 and one.stderr.count("wrote ") == 1  # rank 0 alone reports
+    ranks = json.loads((tmp_path / "two" / "compress_report.json").read_text())["rank_stage_seconds"]
+    assert len(ranks) == 2 and all({"compress", "wait for ranks", "share"} <= set(r) for r in ranks)
 
 
 def test_owners_balance_weights_and_keep_experts_together():

@@ -5,11 +5,13 @@
 # (RESULTS defaults to $OUT; point it to /tmp/... when running in the background across calls,
 # since each call empties $OUT).
 #   bash scripts/device/scale.sh "gptq:--bits 3" "fa:"      (on an nvidia-h200-x2)
-# NCCL's NVLink multicast stays off (the device documentation asks for it).
+#   PROCS=1 bash scripts/device/scale.sh "rtn:" "hqq:"      (one GPU only: the single-GPU method table)
+# NVLink multicast stays off in NCCL, PyTorch and NVSHMEM (the device documentation asks for it).
 set -uo pipefail
 RESULTS=${RESULTS:-$OUT}; mkdir -p "$RESULTS"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 LLAVA_FA_DATA=$PWD/.carry/data NCCL_NVLS_ENABLE=0 TQDM_DISABLE=1
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 LLAVA_FA_DATA=$PWD/.carry/data NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 TQDM_DISABLE=1
 gpus=$(nvidia-smi --list-gpus | wc -l)
+PROCS=${PROCS:-"1 $gpus"}
 model=/tmp/llama7b
 [ -f $model/config.json ] || python3 scripts/make_random_llama.py --out $model | tee -a "$RESULTS/scale.log"
 run() {  # run NAME PROCS ARGS...: one compression, timed and sampled
@@ -27,14 +29,17 @@ run() {  # run NAME PROCS ARGS...: one compression, timed and sampled
   local rc=$? t1=$(date +%s.%N); kill $smi
   python3 scripts/scale_record.py --name "$name" --procs "$procs" --rc $rc --seconds "$(python3 -c "print($t1 - $t0)")" \
     --smi /tmp/smi.$name --out-dir /tmp/out/$name >> "$RESULTS/scale.jsonl"
+  cp /tmp/out/$name/compress_report.json "$RESULTS/$name.report.json" 2>/dev/null
 }
 for spec in "$@"; do
   method=${spec%%:*}; args=${spec#*:}
-  # shellcheck disable=SC2086
-  run "$method-1gpu" 1 --method "$method" $args
-  # shellcheck disable=SC2086
-  run "$method-${gpus}gpu" "$gpus" --method "$method" $args
-  python3 scripts/scale_record.py --compare "/tmp/out/$method-1gpu" "/tmp/out/$method-${gpus}gpu" >> "$RESULTS/scale.jsonl"
-  rm -rf "/tmp/out/$method-1gpu" "/tmp/out/$method-${gpus}gpu"
+  for procs in $PROCS; do
+    # shellcheck disable=SC2086
+    run "$method-${procs}gpu" "$procs" --method "$method" $args
+  done
+  if [ "$PROCS" = "1 $gpus" ] && [ "$gpus" != 1 ]; then
+    python3 scripts/scale_record.py --compare "/tmp/out/$method-1gpu" "/tmp/out/$method-${gpus}gpu" >> "$RESULTS/scale.jsonl"
+  fi
+  rm -rf /tmp/out/"$method"-*gpu
   tail -3 "$RESULTS/scale.jsonl"
 done

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.methods.base import Method, MethodConfig, build_config, get_method
-from llava_fa.pipeline.distributed import barrier, init_world
+from llava_fa.pipeline.distributed import barrier, gather_stage_seconds, init_world
 from llava_fa.pipeline.layer_methods import check_layer_names, with_layer_options
 from llava_fa.pipeline.planning import Plan, check_targets, make_plan, plan
 from llava_fa.pipeline.report import LayerReport, bits_by_part, summarize
@@ -84,6 +84,8 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
     report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
                   calibration=described, device=str(device), layers=[r.to_dict() for r in rows],
                   summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded())
+    if world.active:
+        report["rank_stage_seconds"] = gather_stage_seconds(world, clock.rounded())
     if getattr(recipe, "layer_options", None):  # the per-layer options beside the default method_config
         report["layer_options"] = recipe.layer_options
     if world.writer:

@@ -79,6 +79,17 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def gather_stage_seconds(world: World, seconds: dict[str, float]) -> list[dict[str, float]] | None:
+    """Every rank's stage seconds (rank order), for the report: the ranks' compress times differ."""
+    if not world.active:
+        return None
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, seconds)
+    return gathered
+
+
 def assign_owners(model: nn.Module, names: tuple[str, ...], world: World) -> dict[str, int]:
     """name -> the rank that compresses it (rank 0 for everything in a single process)."""
     if not world.active:

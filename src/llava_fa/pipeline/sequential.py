@@ -36,7 +36,7 @@ from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
 from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
 from llava_fa.pipeline.devices import device_of, move_except, on_device, to_device
-from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, share_block
+from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, barrier, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
 from llava_fa.pipeline.streaming import IN_MEMORY, InMemory
@@ -259,6 +259,9 @@ def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ..
         for name in mine:
             compressed, seconds = compress_linear(run, name, stats.pop(name, None))  # pop: X^T X freed once used
             done[name] = (compressed, {"seconds": seconds, **experts.row_fields(name)})
+    if run.world.active:
+        with run.clock("wait for ranks"):  # the slower rank's compress time, apart from the transfer
+            barrier(run.world)
     with run.clock("share"):
         done = share_block(run.world, names, owners, done, run.device)
     meter = ActivationErrorMeter() if run.samples else None
