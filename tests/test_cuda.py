@@ -41,6 +41,22 @@ def test_every_method_compresses_on_cuda_like_on_cpu(name):
     assert errs["cuda"] == pytest.approx(errs["cpu"], rel=0.05, abs=1e-3)
 
 
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_stores_the_same_tensors_twice_on_cuda(name):
+    """The pipeline compresses under `reproducible`: no sum in the order of CUDA's atomics (fa's
+    index_add did, before). A layer large enough for the atomics to race."""
+    from llava_fa.pipeline.devices import reproducible
+
+    w, stats = _layer("cuda", out_f=1024, in_f=2048, tokens=4096)
+    states = []
+    with reproducible(torch.device("cuda")):
+        for _ in range(2):
+            layer = get_method(name)(build_config(name, _small_options(name))).compress(w.clone(), stats)
+            states.append(layer.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_bench_runs_on_cuda(tmp_path):
     import compress_fixtures as F
     from llava_fa import bench

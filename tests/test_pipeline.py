@@ -204,3 +204,18 @@ def test_cuda_pipeline_matches_cpu_and_keeps_the_model_home():
         ref = on_cpu(**samples[0]).logits
         gpu = on_cuda.cuda()(**{k: v.cuda() for k, v in samples[0].items()}).logits.cpu()
     assert ((gpu - ref).norm() / ref.norm()) < 0.02
+
+
+def test_compression_runs_deterministic_kernels_on_cuda_only():
+    """pipeline/devices.reproducible: CUDA's atomics made fa store different codes run to run."""
+    import os
+
+    from llava_fa.pipeline.devices import reproducible
+
+    before = torch.are_deterministic_algorithms_enabled()
+    with reproducible(torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() == before
+    with reproducible(torch.device("cuda")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.are_deterministic_algorithms_enabled() == before

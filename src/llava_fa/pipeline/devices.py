@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -33,3 +37,21 @@ def device_of(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def reproducible(device: torch.device) -> Iterator[None]:
+    """Deterministic CUDA kernels while compressing: the same command on the same input stores the
+    same tensors. Without it, sums by index (fa's Lloyd levels and scale search: index_add) run in
+    the order of CUDA's atomics: two H200 runs of fa stored different levels and codes. warn_only:
+    an op that has no deterministic CUDA kernel warns (naming itself) instead of stopping the run."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's own condition for determinism
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -35,7 +35,7 @@ from llava_fa.formats import CompressedLinear
 from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
 from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
-from llava_fa.pipeline.devices import device_of, move_except, on_device, to_device
+from llava_fa.pipeline.devices import device_of, move_except, on_device, reproducible, to_device
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, barrier, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
@@ -114,8 +114,9 @@ def compress_model(model: nn.Module, method: Method, names: list[str], samples: 
             plan = make_plan(model, names, method)
         elif list(plan.names) != list(names):
             raise ValueError("compress_model: the plan was made for other layers than `names`")
-        return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
-                               on_block, on_row, world, clock or StageClock(), stream)
+        with reproducible(torch.device(device)):
+            return _compress_model(model, method, plan, samples, torch.device(device), work_dir, fingerprint,
+                                   on_block, on_row, world, clock or StageClock(), stream)
     finally:
         if flushing:
             torch.set_flush_denormal(False)
