@@ -18,6 +18,7 @@ pooled over its module's experts). Rank 0 alone writes the work dir, prints and 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -123,24 +124,51 @@ def _weights(model: nn.Module, name: str) -> int:
 def share_block(world: World, names: tuple[str, ...], owners: dict[str, int],
                 done: dict[str, tuple[CompressedLinear, LayerReport]], device: torch.device
                 ) -> dict[str, tuple[CompressedLinear, LayerReport]]:
-    """Every module of the block on every rank: each one broadcast from its owner, in module order."""
+    """Every module of the block on every rank: each one broadcast from its owner, in module order.
+
+    What a module is (its entry, tensor names, shapes, dtypes, report row) travels as a small
+    pickled header; its tensors as one byte buffer on `device` (GPU to GPU under NCCL, no host
+    round trip): the receiver gets the owner's bytes, so the stored tensors stay bit-identical."""
     if not world.active:
         return done
     import torch.distributed as dist
 
     shared = {}
     for name in names:
-        payload: list[Any] = [None]
-        if owners[name] == world.rank:
+        owner, mine = owners[name], owners[name] == world.rank
+        header: list[Any] = [None]
+        if mine:
             module, row = done[name]
-            state = {k: t.detach().cpu() for k, t in module.state_dict().items()}
-            payload = [(module_entry(module), state, row)]
-        dist.broadcast_object_list(payload, src=owners[name], device=device if device.type == "cuda" else None)
-        if owners[name] == world.rank:
+            state = {k: t.detach() for k, t in module.state_dict().items()}
+            header = [(module_entry(module), {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, row)]
+        dist.broadcast_object_list(header, src=owner, device=device if device.type == "cuda" else None)
+        entry, specs, row = header[0]
+        buffer = (_as_bytes(state.values(), device) if mine
+                  else torch.empty(sum(_nbytes(*spec) for spec in specs.values()), dtype=torch.uint8, device=device))
+        dist.broadcast(buffer, src=owner)
+        if mine:
             shared[name] = done[name]
             continue
-        entry, state, row = payload[0]
         module = build_module(name, entry)
-        module.load_state_dict(state)
+        module.load_state_dict(_from_bytes(buffer, specs))
         shared[name] = (module.to(device), row)
     return shared
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _as_bytes(tensors, device: torch.device) -> torch.Tensor:
+    """The tensors' bytes, one after the other, in one uint8 buffer on `device`."""
+    parts = [t.to(device).contiguous().reshape(-1).view(torch.uint8) for t in tensors]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
+
+
+def _from_bytes(buffer: torch.Tensor, specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+    state, offset = {}, 0
+    for key, (shape, dtype) in specs.items():
+        n = _nbytes(shape, dtype)
+        state[key] = buffer[offset:offset + n].clone().view(dtype).reshape(shape)  # clone: aligned storage
+        offset += n
+    return state

@@ -203,8 +203,9 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
                    calls: list[LayerCall | None], added: list[torch.Tensor | None]) -> None:
     """Compress the targets of decoder layer `index` (if any); its outputs (plus what the model adds
     after it) replace `hidden`."""
-    run.stream.take_layer(run, index)
-    layer = run.layers[index].to(run.device)
+    with run.clock("load layers"):  # from the safetensors files when streamed
+        run.stream.take_layer(run, index)
+        layer = run.layers[index].to(run.device)
     names = run.plan.layers.get(index, ())
     block = None
     if names:
@@ -267,9 +268,10 @@ def open_block(run: CompressionRun, block: str, label: str, names: tuple[str, ..
         done = share_block(run.world, names, owners, done, run.device)
     meter = ActivationErrorMeter() if run.samples else None
     modules, rows = {}, []
-    for name in names:
-        modules[name] = done[name][0]
-        rows.append(install(run, block, name, *done[name], meter))
+    with run.clock("install"):  # the report's weight errors and the swap into the model
+        for name in names:
+            modules[name] = done[name][0]
+            rows.append(install(run, block, name, *done[name], meter))
     return OpenBlock(block, label, modules, rows, meter)
 
 
