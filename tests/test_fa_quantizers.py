@@ -21,10 +21,12 @@ def _rel(a, b):
 
 
 def test_groups_stay_in_rows_and_counts_agree():
-    rows = torch.tensor([0] * 5 + [1] * 3 + [3] * 4)
+    rows = torch.tensor([5, 3, 0, 4])  # entries per row
     g = row_groups(rows, 2)
     assert g.gid.tolist() == [0, 0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 6]
     assert g.count == row_groups_count([5, 3, 0, 4], 2) == 7
+    alike = row_groups(torch.tensor([4, 4, 4]), 3)  # every row alike: the broadcast path
+    assert alike.gid.tolist() == [0, 0, 0, 1, 2, 2, 2, 3, 4, 4, 4, 5] and alike.count == 6
     whole = row_groups(rows, -1)
     assert whole.gid.tolist() == [0] * 5 + [1] * 3 + [2] * 4 and whole.count == row_groups_count([5, 3, 0, 4], -1)
     f = flat_groups(10, 4)

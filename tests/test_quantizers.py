@@ -148,3 +148,15 @@ def test_dtype_casts_do_not_touch_stored_tensors():
     assert mod.storage_bits() == bits_before and torch.equal(mod.dequantize(), w_before)
     y = mod(torch.randn(2, 32, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5, 7])
+def test_packing_in_chunks_gives_the_bytes_of_one_step(bits, monkeypatch):
+    """pack/unpack convert CHUNK_WORDS words per step (bounded temporaries): any chunk size, same bytes."""
+    from llava_fa.quantizers import packing
+
+    codes = torch.randint(0, 1 << bits, (5, 37), generator=torch.Generator().manual_seed(bits))
+    whole = packing.pack(codes, bits)
+    monkeypatch.setattr(packing, "CHUNK_WORDS", 2)
+    assert torch.equal(packing.pack(codes, bits), whole)
+    assert torch.equal(packing.unpack(whole, bits, 37), codes.to(torch.uint8))

@@ -193,10 +193,12 @@ class FourierLinear(CompressedLinear):
         vc = vr = None
         if lay.n_complex:
             if p["quantizer"] == "polar":
-                mag = unpack(self.mag_codes, p["mag_bits"], lay.n_complex)
-                ph = unpack(self.phase_codes, p["phase_bits"], lay.n_complex)
-                lv = from_bits(self.mag_levels) if p["levels"] == "lloyd" else uniform_levels(p["mag_bits"], mag.device)
-                vc = polar_dequantize(mag, ph, from_bits(self.mag_scales), lv, gc, p["phase_bits"])
+                lv = (from_bits(self.mag_levels) if p["levels"] == "lloyd"
+                      else uniform_levels(p["mag_bits"], self.mag_codes.device))
+                # codes unpacked inline: polar_dequantize frees each entry-sized code tensor once used
+                vc = polar_dequantize(unpack(self.mag_codes, p["mag_bits"], lay.n_complex),
+                                      unpack(self.phase_codes, p["phase_bits"], lay.n_complex),
+                                      from_bits(self.mag_scales), lv, gc, p["phase_bits"])
             else:
                 b = lay.cart_bits
                 re, im = unpack(self.re_codes, b, lay.n_complex), unpack(self.im_codes, b, lay.n_complex)

@@ -73,9 +73,9 @@ class Layout:
         """Group ids of the complex and real entries (built from the masks, row-major order)."""
         m, n, g, mode = self.m, self.n, self.p["group_size"], self.p["transform"]
         cmask, rmask = ft.stored_masks(m, n, mode, device)
-        gc = row_groups(cmask.nonzero()[:, 0], g)
+        gc = row_groups(cmask.sum(1), g)
         if self.real_row_aligned:
-            gr = row_groups(rmask.nonzero()[:, 0], g)
+            gr = row_groups(rmask.sum(1), g)
         else:
             gr = flat_groups(int(rmask.sum()), g, device)
         return gc, gr

@@ -45,18 +45,22 @@ class Groups:
     count: int
 
 
-def row_groups(rows: torch.Tensor, group_size: int) -> Groups:
-    """Groups of `group_size` consecutive entries that never cross a row; a row's last group may be
-    shorter. `rows` (row of each entry) must be non-decreasing (row-major order). -1: one group per row."""
-    if rows.numel() == 0:
-        return Groups(rows.long(), 0)
-    counts = torch.bincount(rows)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-    g = int(counts.max()) if group_size == -1 else group_size
+def row_groups(counts: torch.Tensor, group_size: int) -> Groups:
+    """Groups of `group_size` consecutive entries that never cross a row, for rows holding `counts`
+    entries each, entries in row-major order; a row's last group may be shorter. -1: one group per row.
+    The ids are the only entry-sized tensor built (a layer holds millions of entries: per-entry
+    temporaries were the peak of fa's memory)."""
+    counts = counts.long()
+    width = int(counts.max()) if counts.numel() else 0
+    if width == 0:
+        return Groups(torch.zeros(0, dtype=torch.long, device=counts.device), 0)
+    g = width if group_size == -1 else group_size
     per_row = (counts + g - 1) // g
     offsets = torch.cumsum(per_row, 0) - per_row
-    return Groups(offsets[rows] + pos // g, int(per_row.sum()))
+    columns = torch.arange(width, device=counts.device)
+    grid = offsets[:, None] + (columns // g)[None, :]  # ids on a full (rows, width) grid
+    gid = grid.reshape(-1) if bool((counts == width).all()) else grid[columns[None, :] < counts[:, None]]
+    return Groups(gid, int(per_row.sum()))
 
 
 def flat_groups(n: int, group_size: int, device=None) -> Groups:
@@ -221,6 +225,7 @@ def polar_quantize(z: torch.Tensor, groups: Groups, mag_bits: int, phase_bits: i
 def polar_dequantize(mag: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor,
                      groups: Groups, phase_bits: int) -> torch.Tensor:
     rho = levels[mag.long()] * scale[groups.gid]
+    del mag  # entry-sized: freed before the next ones when the caller passed it without keeping it
     return torch.polar(rho, phase_values(phase, phase_bits))
 
 

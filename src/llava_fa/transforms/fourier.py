@@ -200,8 +200,8 @@ def gather(S: torch.Tensor, n: int, mode: str) -> tuple[torch.Tensor, torch.Tens
     m = 2 * (S.shape[0] - 1) if mode == "rfft_out" else S.shape[0]
     cmask, rmask = stored_masks(m, n, mode, S.device)
     P = project(S, n, mode)
-    real = P[rmask] if mode == "none" else P[rmask].real
-    return P[cmask], real.float()
+    real = P.masked_select(rmask)
+    return P.masked_select(cmask), (real if mode == "none" else real.real).float()
 
 
 def fill(vc: torch.Tensor | None, vr: torch.Tensor | None, m: int, n: int, mode: str,
@@ -220,10 +220,12 @@ def fill(vc: torch.Tensor | None, vr: torch.Tensor | None, m: int, n: int, mode:
         G[rmask] = vr.float()
         return G
     G = torch.zeros(cmask.shape, dtype=torch.complex64, device=cmask.device)
+    # masked_scatter_ / masked_select, not G[mask]: boolean indexing builds the mask's nonzero
+    # index, two int64 per entry (the peak of fa's memory on large layers); same order, same values
     if vc is not None:
-        G[cmask] = vc.to(torch.complex64) * (wc if weighted else 1.0)
+        G.masked_scatter_(cmask, vc.to(torch.complex64) * wc if weighted else vc.to(torch.complex64))
     if vr is not None and vr.numel():
-        G[rmask] = vr.to(torch.complex64) * (wr if weighted else 1.0)
+        G.masked_scatter_(rmask, vr.to(torch.complex64) * wr if weighted else vr.to(torch.complex64))
     if mode == "rfft2" and not weighted:
         rows = torch.arange(m // 2 + 1, m, device=G.device)
         for c in self_conjugate_columns(n, mode):

@@ -58,7 +58,10 @@ def fit_layer(W: torch.Tensor, params: dict[str, Any], cols: torch.Tensor | None
         if codes:
             target, L = (S if L is None else S - L), None  # L is not needed again: one grid less at the peak
             layer.set_codes(target, scale_search)
-            Q, target = layer.codes_grid(), None
+            # Q feeds the next iterate's low-rank fit only (none without a rank): one m x h grid less
+            Q, target = (layer.codes_grid() if rank else None), None
+            if not rank:
+                S = None  # a single iterate: the spectrum is not needed again
         err = (Ws - layer.reconstruct_scaled()).norm().item()
         log.debug("fa %dx%d %s rank %d: iterate %d weighted error %.6g (relative %.4f)", m, n, mode, rank, step, err,
                   err / max(Ws.norm().item(), 1e-30))
