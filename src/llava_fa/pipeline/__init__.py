@@ -83,9 +83,8 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
         raise
     report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
                   calibration=described, device=str(device), layers=[r.to_dict() for r in rows],
-                  summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded())
-    if world.active:
-        report["rank_stage_seconds"] = gather_stage_seconds(world, clock.rounded())
+                  summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded(),
+                  rank_stage_seconds=gather_stage_seconds(world, clock.rounded()))  # None in one process
     if getattr(recipe, "layer_options", None):  # the per-layer options beside the default method_config
         report["layer_options"] = recipe.layer_options
     if world.writer:
