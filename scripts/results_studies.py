@@ -139,10 +139,13 @@ LATER_STUDIES = (
     ("fa_transform_study.md", "`rfft` against `rfft2` at equal bits (why fa's default transform is rfft)"),
     ("fa_input_axis_study.txt", "error feedback on the input-axis spectrum (`fa-gptq -O axis=input`), layer level"),
     ("fa_gptq_input_cpu/README.md", "`fa-gptq -O axis=input` end to end against block Hadamard + GPTQ (bounded eval)"),
+    ("fa_gptq_ablation_cpu/README.md", "calibration size, damping and act-order against that gap, one at a time "
+                                       "(bounded eval; GPTQ's CPU checkpoints depend on the thread count)"),
     ("fa_rank_study.md", "where fa's low-rank part pays, at equal bits (why fa's default structure is quant)"),
     ("allocation_cpu/README.md", "per-layer bit allocation (`llava-fa allocate`) against uniform GPTQ (bounded eval)"),
     ("memory_bounded_cpu.md", "peak memory of streamed compression on a random 1B Llama"),
     ("memory_bounded_load_cpu.md", "peak memory of loading and evaluating compressed folders"),
+    ("scale_h200x2/README.md", "distributed compression of a 7B-shaped decoder on 1 and 2 H200s (GPU)"),
 )
 
 
