@@ -23,7 +23,7 @@ from llava_fa.pipeline.sequential import compress_model, image_token_id
 from llava_fa.pipeline.streaming import stream_for
 from llava_fa.pipeline.timing import StageClock
 from llava_fa.pipeline.workdir import WorkDir, drop_if_empty, finished_blocks, make_fingerprint, prepare_work_dir
-from llava_fa.runtime import resolve_dtype
+from llava_fa.runtime import environment, resolve_dtype
 from llava_fa.selection import default_patterns, find_parts, select
 
 __all__ = ["compress_checkpoint", "compress_model", "summarize", "bits_by_part", "image_token_id", "LayerReport",
@@ -82,9 +82,9 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
             drop_if_empty(work_dir, resumed)
         raise
     report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
-                  calibration=described, device=str(device), layers=[r.to_dict() for r in rows],
-                  summary=summarize(rows), wall_seconds=time.perf_counter() - t0, stage_seconds=clock.rounded(),
-                  rank_stage_seconds=gather_stage_seconds(world, clock.rounded()))  # None in one process
+                  calibration=described, device=str(device), environment=environment(), summary=summarize(rows),
+                  layers=[r.to_dict() for r in rows], wall_seconds=time.perf_counter() - t0,
+                  stage_seconds=clock.rounded(), rank_stage_seconds=gather_stage_seconds(world, clock.rounded()))
     if getattr(recipe, "layer_options", None):  # the per-layer options beside the default method_config
         report["layer_options"] = recipe.layer_options
     if world.writer:

@@ -81,7 +81,8 @@ def barrier(world: World) -> None:
 
 
 def gather_stage_seconds(world: World, seconds: dict[str, float]) -> list[dict[str, float]] | None:
-    """Every rank's stage seconds (rank order), for the report: the ranks' compress times differ."""
+    """Every rank's stage seconds (rank order), for the report: the ranks' compress times differ.
+    None in a single process."""
     if not world.active:
         return None
     import torch.distributed as dist
