@@ -3,26 +3,49 @@ VmRSS every 20 ms and, at each new peak (20 MB above the last), prints the inner
 transformers frames of the main thread (docs/results/memory_bounded_cpu.md). Usage, under /usr/bin/time -v:
     PYTHONPATH=src python scripts/rss_peak_probe.py compress MODEL --method fa ... 2>&1 | grep peak
 """
-import sys, threading, time, traceback
-def rss():
-    for l in open("/proc/self/status"):
-        if l.startswith("VmRSS"): return int(l.split()[1]) // 1024
-main = threading.main_thread().ident
-state = {"peak": 0}
-def sampler():
+
+import sys
+import threading
+import time
+import traceback
+
+STEP_MB, PERIOD_S = 20, 0.02
+
+
+def rss_mb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def where(thread_id: int) -> str:
+    """The main thread's innermost project frames, innermost first."""
+    stack = traceback.extract_stack(sys._current_frames().get(thread_id))
+    frames = [f for f in stack if "llava_fa" in f.filename or "transformers" in f.filename][-4:]
+    return " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}:{f.name}" for f in reversed(frames))
+
+
+def sample(thread_id: int, peak: list[int]) -> None:
     while True:
-        r = rss()
-        if r > state["peak"] + 20:
-            state["peak"] = r
-            f = sys._current_frames().get(main)
-            frames = [fr for fr in traceback.extract_stack(f) if "llava_fa" in fr.filename or "transformers" in fr.filename][-4:]
-            where = " <- ".join(f"{fr.filename.split('/')[-1]}:{fr.lineno}:{fr.name}" for fr in reversed(frames))
-            print(f"[peak {r} MB] {where}", file=sys.stderr, flush=True)
-        time.sleep(0.02)
-threading.Thread(target=sampler, daemon=True).start()
-from llava_fa.commands.app import main as cli
-sys.argv = ["llava-fa"] + sys.argv[1:]
-try:
-    cli()
-finally:
-    print(f"final peak {state['peak']} MB", file=sys.stderr)
+        now = rss_mb()
+        if now > peak[0] + STEP_MB:
+            peak[0] = now
+            print(f"[peak {now} MB] {where(thread_id)}", file=sys.stderr, flush=True)
+        time.sleep(PERIOD_S)
+
+
+def main() -> None:
+    from llava_fa.commands.app import main as cli
+
+    peak = [0]
+    threading.Thread(target=sample, args=(threading.main_thread().ident, peak), daemon=True).start()
+    sys.argv = ["llava-fa"] + sys.argv[1:]
+    try:
+        cli()
+    finally:
+        print(f"final peak {peak[0]} MB", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -206,11 +206,13 @@ def test_cuda_pipeline_matches_cpu_and_keeps_the_model_home():
     assert ((gpu - ref).norm() / ref.norm()) < 0.02
 
 
-def test_compression_runs_deterministic_kernels_on_cuda_only():
+def test_compression_runs_deterministic_kernels_on_cuda_only(monkeypatch):
     """pipeline/devices.reproducible: CUDA's atomics made fa store different codes run to run."""
     import os
 
     from llava_fa.pipeline.devices import reproducible
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test
 
     before = torch.are_deterministic_algorithms_enabled()
     with reproducible(torch.device("cpu")):

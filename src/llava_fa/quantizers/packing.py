@@ -31,14 +31,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     words = torch.nn.functional.pad(codes, (0, (-n) % 8)).reshape(-1, 8)
     if bits == 8:
         return words.reshape(*lead, -1).to(torch.uint8)
-    out = torch.empty(words.shape[0], bits, dtype=torch.uint8, device=codes.device)
-    shifts = torch.arange(8, device=codes.device, dtype=torch.int64) * bits
-    byte_shifts = torch.arange(bits, device=codes.device, dtype=torch.int64) * 8
-    for start in range(0, words.shape[0], CHUNK_WORDS):
-        # 8 codes of <= 7 bits fit in 56 bits of an int64 without touching the sign bit.
-        word = (words[start:start + CHUNK_WORDS].to(torch.int64) << shifts).sum(-1, keepdim=True)
-        out[start:start + CHUNK_WORDS] = (word >> byte_shifts) & 0xFF
-    return out.reshape(*lead, -1)
+    # 8 codes of <= 7 bits fit in 56 bits of an int64 without touching the sign bit.
+    return _regroup(words, bits, bits, 8, 0xFF).reshape(*lead, -1)
 
 
 def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -49,14 +43,20 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         raise ValueError(f"packed row has {width} bytes, expected {packed_width(n, bits)} for {n} codes of {bits} bits")
     if bits == 8:
         return packed[..., :n]
-    words = packed.reshape(-1, bits)
-    out = torch.empty(words.shape[0], 8, dtype=torch.uint8, device=packed.device)
-    byte_shifts = torch.arange(bits, device=packed.device, dtype=torch.int64) * 8
-    shifts = torch.arange(8, device=packed.device, dtype=torch.int64) * bits
+    codes = _regroup(packed.reshape(-1, bits), 8, 8, bits, (1 << bits) - 1)
+    return codes.reshape(*lead, -1)[..., :n].contiguous()
+
+
+def _regroup(words: torch.Tensor, in_step: int, out_count: int, out_step: int, mask: int) -> torch.Tensor:
+    """Each row of `words` (k fields of `in_step` bits, little-endian) joined into one int64 and cut into
+    `out_count` fields of `out_step` bits (masked), CHUNK_WORDS rows at a time; uint8 (rows, out_count)."""
+    out = torch.empty(words.shape[0], out_count, dtype=torch.uint8, device=words.device)
+    in_shifts = torch.arange(words.shape[1], device=words.device, dtype=torch.int64) * in_step
+    out_shifts = torch.arange(out_count, device=words.device, dtype=torch.int64) * out_step
     for start in range(0, words.shape[0], CHUNK_WORDS):
-        word = (words[start:start + CHUNK_WORDS].to(torch.int64) << byte_shifts).sum(-1, keepdim=True)
-        out[start:start + CHUNK_WORDS] = (word >> shifts) & ((1 << bits) - 1)
-    return out.reshape(*lead, -1)[..., :n].contiguous()
+        word = (words[start:start + CHUNK_WORDS].to(torch.int64) << in_shifts).sum(-1, keepdim=True)
+        out[start:start + CHUNK_WORDS] = (word >> out_shifts) & mask
+    return out
 
 
 def _check_bits(bits: int) -> None:
