@@ -113,3 +113,24 @@ def test_scale_search_is_never_worse_than_absmax(bits):
         assert torch.all(a <= b * (1 + 1e-6))
     # 1-bit absmax codes of Gaussian data err by more than the data; the search fixes that
     assert _rel(zr, z.real) < 0.7
+
+
+def test_sums_by_group_and_lloyd_cells_match_a_float64_reference():
+    """group_sum (segment sums) and lloyd_levels (sorted cells) replace index_add, whose CUDA sums
+    follow the order of atomics; their values are the plain sums, to float32 rounding."""
+    from llava_fa.quantizers.polar import group_sum, nearest_level, row_groups, uniform_levels
+
+    torch.manual_seed(0)
+    groups = row_groups(torch.tensor([100, 37, 0, 64, 129]), 64)
+    values = torch.rand(groups.gid.numel())
+    ref = torch.zeros(groups.count, dtype=torch.float64).index_add(0, groups.gid, values.double())
+    assert torch.allclose(group_sum(values, groups).double(), ref, rtol=1e-6)
+    u = torch.rand(50001) ** 2
+    levels = uniform_levels(3)
+    for _ in range(30):  # the textbook Lloyd iteration, in float64
+        idx = nearest_level(u, levels)
+        sums = torch.zeros(8, dtype=torch.float64).index_add(0, idx, u.double())
+        cnt = torch.bincount(idx, minlength=8).double()
+        levels = torch.where(cnt > 0, sums / cnt.clamp_min(1), levels.double()).float()
+    got = lloyd_levels(u, 3)
+    assert (got - levels).abs().max() < 1e-3  # float16-rounded levels

@@ -221,3 +221,27 @@ def test_compression_runs_deterministic_kernels_on_cuda_only(monkeypatch):
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_dense_pass_runs_cached_weights_on_cuda_and_restores_the_modes():
+    """pipeline/devices.dense_pass: the pass after a block on CUDA uses one dense weight per module, then
+    drops it; an explicitly chosen mode is left alone, and CPU keeps every mode."""
+    from llava_fa.formats import AffineLinear
+    from llava_fa.pipeline.devices import dense_pass
+    from llava_fa.quantizers import AffineSpec, quantize_grouped
+
+    def layer():
+        codes, scale, zero = quantize_grouped(torch.randn(8, 16), AffineSpec(4, 8, False))
+        return AffineLinear.from_codes(codes, scale, zero, bits=4, sym=False)
+
+    block = torch.nn.Sequential(layer(), layer())
+    block[1].forward_mode = "dequant"
+    x = torch.randn(3, 16)
+    with dense_pass(block, torch.device("cpu")):
+        assert [getattr(m, "forward_mode", "auto") for m in block] == ["auto", "dequant"]
+    with dense_pass(block, torch.device("cuda")):  # the modes only: the layers themselves stay on the CPU
+        assert [getattr(m, "forward_mode", "auto") for m in block] == ["cached", "dequant"]
+        y = block[0](x)
+        assert block[0].__dict__["_cache"]  # the dense weight, built once
+    assert [getattr(m, "forward_mode", "auto") for m in block] == ["auto", "dequant"] and not block[0].__dict__["_cache"]
+    assert torch.equal(y, torch.nn.functional.linear(x, block[0].dequantize(torch.float32)))

@@ -9,6 +9,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from llava_fa.formats import CompressedLinear
+from llava_fa.formats.base import DEFAULT_MODE
+
 
 def move_except(model: nn.Module, keep: list[nn.Module], device: torch.device | str) -> None:
     """Move every parameter and buffer not inside `keep` (in place, so tied weights stay tied)."""
@@ -55,3 +58,22 @@ def reproducible(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def dense_pass(layer: nn.Module, device: torch.device) -> Iterator[None]:
+    """On CUDA, the pass after a block runs its compressed linears from a dense weight built once per
+    module (forward mode "cached") instead of their `auto` choice: a kernel from the codes or a
+    rebuild per call (`dequant`), once per sample. The pass is all calibration samples as long
+    prompts, where one dense matmul is fastest; the dense copies (one decoder layer's weights) are
+    dropped after it. CPU keeps its modes (the streamed path chose `dequant` there for memory)."""
+    switched = [m for m in layer.modules() if isinstance(m, CompressedLinear)
+                and getattr(m, "forward_mode", DEFAULT_MODE) == DEFAULT_MODE] if device.type == "cuda" else []
+    for m in switched:
+        m.forward_mode = "cached"
+    try:
+        yield
+    finally:
+        for m in switched:
+            del m.forward_mode  # back to the class's default, `auto`
+            m.drop_runtime_caches()

@@ -35,7 +35,7 @@ from llava_fa.formats import CompressedLinear
 from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
 from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
-from llava_fa.pipeline.devices import device_of, move_except, on_device, reproducible, to_device
+from llava_fa.pipeline.devices import dense_pass, device_of, move_except, on_device, reproducible, to_device
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, barrier, share_block
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
@@ -212,7 +212,7 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
                            partial(feed_layer, run, layer, hidden, calls))
     run.stream.before_forward(run, index)
-    with measuring(block):
+    with measuring(block), dense_pass(layer, run.device):
         with run.clock("forward"):
             propagate(layer, hidden, calls, added)
     layer.to(run.home)

@@ -89,8 +89,11 @@ def group_max(values: torch.Tensor, groups: Groups) -> torch.Tensor:
 
 
 def group_sum(values: torch.Tensor, groups: Groups) -> torch.Tensor:
-    out = torch.zeros(groups.count, device=values.device, dtype=torch.float32)
-    return out.index_add(0, groups.gid, values.float())
+    """Sum per group: each group's entries added in order by one segment reduction (the ids are
+    sorted). Deterministic on every device, unlike index_add, which on CUDA adds in the order of its
+    atomics (two runs stored different scales) and, under torch's deterministic mode, runs a slow path."""
+    lengths = torch.bincount(groups.gid, minlength=groups.count)
+    return torch.segment_reduce(values.float(), "sum", lengths=lengths, unsafe=True)
 
 
 SEARCH = tuple(round(0.2 + 0.05 * k, 2) for k in range(17))  # fractions of the absmax scale, 0.2 .. 1.0
@@ -173,13 +176,17 @@ def uniform_levels(bits: int, device=None) -> torch.Tensor:
 
 def lloyd_levels(u: torch.Tensor, bits: int, iters: int = 30) -> torch.Tensor:
     """Lloyd-Max levels (1-D k-means) of values in [0, 1], from uniform midpoints; float16-rounded,
-    sorted. A level whose cell empties keeps its place."""
+    sorted. A level whose cell empties keeps its place. The values are sorted once, so each cell is a
+    slice and its mean a plain sum: deterministic on CUDA too (a sum by index over a few cells, with
+    index_add, adds in the order of CUDA's atomics, or serially under torch's deterministic mode:
+    minutes per 7B layer)."""
     levels = uniform_levels(bits, u.device)
-    u = u.float()
+    ordered = torch.sort(u.float().reshape(-1)).values
     for _ in range(iters):
-        idx = nearest_level(u, levels)
-        sums = torch.zeros_like(levels).index_add_(0, idx, u)
-        cnt = torch.bincount(idx, minlength=levels.numel()).to(levels.dtype)  # exact counts, no tensor of ones
+        ends = torch.searchsorted(ordered, (levels[1:] + levels[:-1]) / 2, right=True).tolist() + [ordered.numel()]
+        starts = [0] + ends[:-1]  # cell k: the values nearest_level sends to level k (ties go down)
+        sums = torch.stack([ordered[a:b].sum() for a, b in zip(starts, ends)])
+        cnt = torch.tensor([b - a for a, b in zip(starts, ends)], device=u.device, dtype=levels.dtype)
         new = torch.where(cnt > 0, sums / cnt.clamp_min(1), levels)
         if torch.allclose(new, levels, atol=1e-7):
             break
