@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from llava_fa.io.background import BackgroundWrites
 from llava_fa.io.files import default_modes, read_header
 
 INDEX = "model.safetensors.index.json"
@@ -67,16 +68,19 @@ class ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.groups: dict[str, list[str]] = {}  # group -> its tensor names, in the order first written
         self.sizes: dict[str, int] = {}  # group -> bytes of its tensors (the index's total_size)
+        self.background = BackgroundWrites()
 
     def write(self, group: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Write (or rewrite, on a resumed run) one group's shard."""
-        write_safetensors(self.folder / f"{group}.safetensors", tensors)
+        """Write (or rewrite, on a resumed run) one group's shard, in the background (`finish` waits)."""
+        tensors = {k: t.detach().cpu() for k, t in tensors.items()}  # copies off the GPU, now
+        self.background.submit(write_safetensors, self.folder / f"{group}.safetensors", tensors)
         self.groups[group] = sorted(tensors)
         self.sizes[group] = sum(t.numel() * t.element_size() for t in tensors.values())
 
     def finish(self, dest: Path, total_parameters: int) -> None:
         """Put the shards into `dest` as save_pretrained lays them out: one model.safetensors (it
         shards only past 50 GB), else model-0000i-of-0000n.safetensors with their index."""
+        self.background.drain()
         groups = [g for g in self.groups if self.groups[g]]
         if sum(self.sizes[g] for g in groups) <= SINGLE_FILE_BYTES:
             merge_safetensors([self.folder / f"{g}.safetensors" for g in groups], Path(dest) / SINGLE)

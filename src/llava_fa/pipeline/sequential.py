@@ -32,6 +32,7 @@ from llava_fa.calibration.experts import BlockExperts
 from llava_fa.calibration.stats import LayerStats, StatsCollector
 from llava_fa.errors import ConfigError, DataError
 from llava_fa.formats import CompressedLinear
+from llava_fa.formats.base import weight_error
 from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
 from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
@@ -134,16 +135,20 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
                          work=WorkDir(work_dir, fingerprint, writer=world.writer), on_block=on_block, on_row=on_row,
                          world=world, clock=clock, stream=stream)
     clock.cuda = device.type == "cuda"
-    stream.before_capture(run)
-    inputs = compress_pre(run)
-    stream.after_capture(run)
-    for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
-        compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
-        inputs.calls[i], inputs.added[i] = [], []  # layer i is done: what only it received can go
-    stream.before_post(run)
-    compress_post(run, inputs.hidden)
-    with clock("save shards"):
-        stream.finish(run)
+    try:
+        stream.before_capture(run)
+        inputs = compress_pre(run)
+        stream.after_capture(run)
+        for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
+            compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
+            inputs.calls[i], inputs.added[i] = [], []  # layer i is done: what only it received can go
+        stream.before_post(run)
+        compress_post(run, inputs.hidden)
+        with clock("save shards"):
+            stream.finish(run)
+    finally:
+        with clock("save shards"):
+            run.work.drain()  # the finished blocks reach the disk, also when the run stops: a resume starts after them
     return run.rows
 
 
@@ -304,7 +309,7 @@ def install(run: CompressionRun, block: str, name: str, compressed: CompressedLi
             meter: ActivationErrorMeter | None) -> LayerReport:
     """Swap a compressed layer into the model and report it (the meter keeps W - W_hat until it measured it)."""
     weight = run.model.get_submodule(name).weight.detach().float()
-    diff = weight - compressed.dequantize(torch.float32).to(weight.device)
+    diff = weight_error(compressed, weight)  # W_hat rebuilt in row blocks where the format allows
     row = report_row(name, block, run.method.name, weight, diff, compressed, fields["seconds"])
     if meter is not None:
         meter.track(name, compressed, diff)

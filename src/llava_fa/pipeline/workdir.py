@@ -15,6 +15,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from llava_fa.errors import CheckpointError, ConfigError
 from llava_fa.formats import CompressedLinear
+from llava_fa.io.background import BackgroundWrites
 from llava_fa.io.files import atomic_write_bytes, read_header
 from llava_fa.io.modules import build_module, module_entry
 from llava_fa.pipeline.report import LayerReport
@@ -32,6 +33,7 @@ class WorkDir:
     def __init__(self, path: Path | None, fingerprint: str, writer: bool = True):
         self.path = Path(path) if path is not None else None
         self.writer = writer
+        self.background = BackgroundWrites()  # blocks are written while the next one is compressed
         if self.path is None or not writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -63,9 +65,17 @@ class WorkDir:
             return
         tensors = {f"{n}.{k}": t.detach().cpu().contiguous()
                    for n, m in modules.items() for k, t in m.state_dict().items()}
-        atomic_write_bytes(self.path / f"{block}.safetensors", safetensors_bytes(tensors))
         meta = {"modules": {n: module_entry(m) for n, m in modules.items()}, "rows": [r.to_dict() for r in rows]}
+        self.background.submit(self._write_block, block, tensors, meta)
+
+    def _write_block(self, block: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """The shard, then the JSON whose presence marks the block finished (a crash between leaves it unfinished)."""
+        atomic_write_bytes(self.path / f"{block}.safetensors", safetensors_bytes(tensors))
         atomic_write_bytes(self.path / f"{block}.json", json.dumps(meta).encode())
+
+    def drain(self) -> None:
+        """Wait for the blocks still being written."""
+        self.background.drain()
 
     def load(self, block: str, device: torch.device | str) -> tuple[dict[str, CompressedLinear], list[LayerReport]]:
         meta = json.loads((self.path / f"{block}.json").read_text())
