@@ -71,6 +71,8 @@ def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
     return row
 
 
+SWEEP_GEMV = [km.Blocks(1, bm, bk, sk, w, 3) for bm in (64, 128, 256) for bk in (32, 64) for sk in (16, 32, 64)
+              for w in (4, 8)]
 SWEEP_DECODE = [km.Blocks(16, bm, bk, sk, 4, 3) for bm in (16, 32, 64) for bk in (64, 128, 256)
                 for sk in (1, 4, 8, 16)]
 SWEEP_PREFILL = [km.Blocks(bb, bm, bk, 1, w, st) for bb in (64, 128) for bm in (64, 128) for bk in (32, 64)
@@ -85,7 +87,7 @@ def sweep(out_f: int, in_f: int, form: str, tokens: int, top: int = 5) -> list[t
     spec = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
     ref = km.fourier_matmul(spec, rt, x.dtype)
     found = []
-    for bl in SWEEP_DECODE if tokens <= 16 else SWEEP_PREFILL:
+    for bl in SWEEP_GEMV if tokens == 1 else SWEEP_DECODE if tokens <= 16 else SWEEP_PREFILL:
         try:
             got = km.fourier_matmul(spec, rt, x.dtype, bl)
             if not torch.allclose(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()):

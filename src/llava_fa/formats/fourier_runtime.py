@@ -1,7 +1,8 @@
 """The `fused` backend of the `fourier` format: one stored layer converted to the layout of the
 Triton kernel (kernels/fourier_matmul.py) once per device, then y = x W^T from the codes.
 
-What runs per call: x / c (ODC columns), one rfft of the activation (cuFFT), the kernel, the
+What runs per call: x / (c sqrt(n)) (ODC columns and the transform's orthonormal factor, with the
+cast to float32: one elementwise kernel), one rfft of the activation (cuFFT), the kernel, the
 low-rank term as two rank-r products when the layer has one, for `rfft2` one inverse FFT along the
 outputs, then / r (ODC rows) and the bias. The conversion packs both codes of an entry into one code
 of b_r + b_theta bits along the input axis (exactly the stored codes' size), shares the stored
@@ -48,7 +49,7 @@ class KernelLayout:
     aligned: bool  # every row's groups start at its first entry (rfft)
     complex_out: bool  # rfft2: the kernel returns Z, an inverse FFT along the outputs follows
     lowrank: tuple[torch.Tensor, torch.Tensor] | None  # (A (r, m), B weighted (r, h)) complex64
-    cols: torch.Tensor | None  # ODC column scales (n,)
+    in_scale: torch.Tensor  # float32 (n,): the activation's divisor, ODC column scales (or 1) times sqrt(n)
     rows: torch.Tensor | None  # ODC row scales (m,)
     holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
 
@@ -63,7 +64,7 @@ class KernelLayout:
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
         tensors = [self.codes, self.tables, self.scales, self.group_start, self.group_offset, self.edges,
-                   *(self.lowrank or ()), *(t for t in (self.cols, self.rows) if t is not None)]
+                   *(self.lowrank or ()), self.in_scale, *(t for t in (self.rows,) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -157,12 +158,14 @@ def build(layer, device: torch.device) -> KernelLayout:
         A, B = factors
         lowrank = (A.to(torch.complex64), (B * ft.column_weights(m, n, mode, device)).to(torch.complex64))
     cols, rows = layer.odc_scales()
+    # x / (c sqrt(n)): the cast to float32, the ODC columns and the rfft's orthonormal factor in one elementwise kernel
+    in_scale = (torch.ones(n, device=device) if cols is None else cols.float()) * math.sqrt(n)
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
     return KernelLayout(pack_codes(regular, bits), bits, _tables(layer, device), layer.mag_scales.view(torch.float16),
                         start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
-                        None if cols is None else cols.float(), None if rows is None else rows.float())
+                        in_scale, None if rows is None else rows.float())
 
 
 def move_codes(layer, rt: KernelLayout) -> None:
@@ -207,10 +210,7 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """y = x W^T + b from the codes: the activation's spectrum times the code tiles (module docstring)."""
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
-    xs = x.reshape(-1, n).float()
-    if rt.cols is not None:
-        xs = xs / rt.cols
-    spec = torch.fft.rfft(xs, dim=-1, norm="ortho")
+    spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
     z = kernel.fourier_matmul(spec, rt, x.dtype)
     if rt.complex_out:
         z = torch.view_as_complex(z)
