@@ -45,9 +45,11 @@ def device_of(module: nn.Module) -> torch.device:
 @contextlib.contextmanager
 def reproducible(device: torch.device) -> Iterator[None]:
     """Deterministic CUDA kernels while compressing: the same command on the same input stores the
-    same tensors. Without it, sums by index (fa's Lloyd levels and scale search: index_add) run in
-    the order of CUDA's atomics: two H200 runs of fa stored different levels and codes. warn_only:
-    an op that has no deterministic CUDA kernel warns (naming itself) instead of stopping the run."""
+    same tensors. Sums by index on CUDA (index_add) run in the order of atomics: two H200 runs of fa
+    stored different levels and codes. fa's own sums no longer use index_add (quantizers/polar.py:
+    segment sums; under this mode index_add ran serially, a 7B fa run took minutes per layer); this
+    mode covers the ops left (MoE routing's index_add, cuBLAS's workspace). warn_only: an op that has
+    no deterministic CUDA kernel warns (naming itself) instead of stopping the run."""
     if device.type != "cuda":
         yield
         return
