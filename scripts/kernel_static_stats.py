@@ -29,7 +29,7 @@ COMMON = {"K_REG": 2047, "GROUP": 64, "ALIGNED": True, "BITS": 6, "ENTRIES": 4, 
           "COMPLEX_OUT": False}
 KERNELS = {  # name -> (kernel, its runtime scalars in order, its constexprs)
     "gemv (batch 1)": (km._fourier_gemv_kernel, ["M", "stride_c", "edge0", "edge1", "N_WORDS"],
-                       {**COMMON, "K_CHUNK": 256, "SPLIT_K": 8, "BLOCK_M": 128, "BLOCK_K": 32}),
+                       {**COMMON, "K_CHUNK": 256, "SPLIT_K": 8, "ASM_GATHER": True, "BLOCK_M": 128, "BLOCK_K": 32}),
     "dot (batch 16)": (km._fourier_matmul_kernel, ["B", "M", "stride_spec", "stride_c", "stride_out", "edge0", "edge1", "N_WORDS"],
                        {**COMMON, "K_CHUNK": 512, "SPLIT_K": 4, "DOT_DTYPE": "bf16", "BLOCK_B": 16, "BLOCK_M": 32,
                         "BLOCK_K": 128}),

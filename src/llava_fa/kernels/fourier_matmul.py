@@ -42,6 +42,20 @@ from llava_fa.kernels.triton_support import available, require_triton, tl, trito
 if triton is not None:
 
     @triton.jit
+    def _code_words(codes_ptr, rw, rm, M, N_WORDS, stride_c, WORD_BYTES: tl.constexpr):
+        """The packed words rw of rows rm, (len(rw), len(rm)): int32 up to 24 bits, else int64."""
+        mask = (rw[:, None] < N_WORDS) & (rm[None, :] < M)
+        at = codes_ptr + (rw[:, None] * WORD_BYTES) * stride_c + rm[None, :]
+        if WORD_BYTES <= 3:
+            word = tl.zeros((rw.shape[0], rm.shape[0]), dtype=tl.int32)
+        else:
+            word = tl.zeros((rw.shape[0], rm.shape[0]), dtype=tl.int64)
+        for j in tl.static_range(WORD_BYTES):  # streamed once: keep L2 for the rest
+            byte = tl.load(at + j * stride_c, mask=mask, other=0, eviction_policy="evict_first")
+            word |= byte.to(word.dtype) << (8 * j)
+        return word
+
+    @triton.jit
     def _code_tiles(codes_ptr, tables_ptr, rm, k0, M, N_WORDS, stride_c, BITS: tl.constexpr,
                     ENTRIES: tl.constexpr, WORD_BYTES: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
         """The (BLOCK_K, BLOCK_M) tiles of 2 level cos(theta) and 2 level sin(theta) for entries k0.. of
@@ -55,15 +69,7 @@ if triton is not None:
         entry: the kernel was bound by its instructions, about 40 per entry, not by its reads; cos/sin
         computed in registers lower to libdevice's precise sinf/cosf, about a hundred instructions.)"""
         rw = k0 // ENTRIES + tl.arange(0, BLOCK_K // ENTRIES)
-        mask = (rw[:, None] < N_WORDS) & (rm[None, :] < M)
-        at = codes_ptr + (rw[:, None] * WORD_BYTES) * stride_c + rm[None, :]
-        if WORD_BYTES <= 3:  # up to 24 bits: 32-bit integer ops (64-bit ones are slow on GPUs)
-            word = tl.zeros((BLOCK_K // ENTRIES, BLOCK_M), dtype=tl.int32)
-        else:
-            word = tl.zeros((BLOCK_K // ENTRIES, BLOCK_M), dtype=tl.int64)
-        for j in tl.static_range(WORD_BYTES):  # streamed once: keep L2 for the rest
-            byte = tl.load(at + j * stride_c, mask=mask, other=0, eviction_policy="evict_first")
-            word |= byte.to(word.dtype) << (8 * j)
+        word = _code_words(codes_ptr, rw, rm, M, N_WORDS, stride_c, WORD_BYTES)
         if ENTRIES == 1:
             code = word.to(tl.int32)
         else:
@@ -160,49 +166,89 @@ if triton is not None:
 
 
     @triton.jit
+    def _table_pairs(at, ASM_GATHER: tl.constexpr):
+        """The table words at `at`, in the layout of `at`. tl.load of a gather gets a layout of its own
+        (one entry per thread), and the codes' tile (8 rows per thread, as their bytes load) went through
+        shared memory to reach it, as 64-bit pointers, for every code; an elementwise load in inline
+        PTX keeps the codes' layout. Triton's interpreter (CPU tests) runs no PTX: tl.load there."""
+        if ASM_GATHER:
+            return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [at], dtype=tl.int32,
+                                             is_pure=True, pack=1)
+        return tl.load(at)
+
+    @triton.jit
     def _fourier_gemv_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                              out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
                              N_WORDS, GROUP: tl.constexpr, ALIGNED: tl.constexpr, BITS: tl.constexpr,
                              ENTRIES: tl.constexpr, WORD_BYTES: tl.constexpr, N_EDGE: tl.constexpr,
-                             COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
+                             COMPLEX_OUT: tl.constexpr, SPLIT_K: tl.constexpr, ASM_GATHER: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        # One activation row (decode at batch 1): products and a row sum on the CUDA cores instead of
-        # tl.dot, whose operands would go through shared memory for a single useful row.
+        # One activation row (decode at batch 1) on the CUDA cores. The tile stays in the layout its
+        # words are loaded in, (words, rows): each code of a word is shifted out in place and its
+        # entry's activation loaded with stride ENTRIES, and the products accumulate per thread
+        # over the whole K loop; one reduction over the words axis at the end. (Reshaping the codes
+        # to (entries, rows) and summing every tile put K across a warp's lanes: a layout change
+        # through shared memory and five shuffles per value per tile; ncu: L1 82% busy, the bound.)
+        BLOCK_W: tl.constexpr = BLOCK_K // ENTRIES
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         split = tl.program_id(1)
-        acc_r = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        acc_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc_r = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
+        acc_i = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
+        if ALIGNED:
+            gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
+        else:
+            gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)[None, :]
+            goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)[None, :]
         for kk in range(0, K_CHUNK, BLOCK_K):
             k0 = split * K_CHUNK + kk
-            rk = k0 + tl.arange(0, BLOCK_K)
-            xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
-            xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
-            wc, ws = _code_tiles(codes_ptr, tables_ptr, rm, k0, M, N_WORDS, stride_c, BITS, ENTRIES, WORD_BYTES,
-                                  BLOCK_K, BLOCK_M)
-            scale = _tile_scales(scales_ptr, gstart_ptr, goff_ptr, rm, rk, M, K_REG, k0, GROUP, ALIGNED)
-            if ALIGNED:
-                acc_r += tl.sum(wc * xr + ws * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
+            rw = k0 // ENTRIES + tl.arange(0, BLOCK_W)
+            word = _code_words(codes_ptr, rw, rm, M, N_WORDS, stride_c, WORD_BYTES)
+            part_r = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
+            part_i = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
+            for p in tl.static_range(ENTRIES):
+                rk = rw * ENTRIES + p  # entry index of position p of each word
+                xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
+                xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
+                code = ((word >> (p * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
+                pair = _table_pairs(tables_ptr + code, ASM_GATHER)  # int32: (2 level cos, 2 level sin) as float16
+                wc = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+                ws = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+                if ALIGNED:
+                    part_r += wc * xr + ws * xi
+                    if COMPLEX_OUT:
+                        part_i += ws * xr - wc * xi
+                else:  # a group boundary may fall inside the tile: one scale per entry
+                    group = gstart + (rk[:, None] + goff) // GROUP
+                    sc = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0)
+                    part_r += (wc * xr + ws * xi) * sc.to(tl.float32)
+                    if COMPLEX_OUT:
+                        part_i += (ws * xr - wc * xi) * sc.to(tl.float32)
+            if ALIGNED:  # the tile lies in one group of every row: its scale multiplies the tile's sums
+                sc = tl.load(scales_ptr + gstart + k0 // GROUP, mask=(rm < M) & (k0 < K_REG), other=0.0)
+                acc_r += part_r * sc.to(tl.float32)[None, :]
                 if COMPLEX_OUT:
-                    acc_i += tl.sum(ws * xr - wc * xi, axis=0) * tl.reshape(scale, (BLOCK_M,))
+                    acc_i += part_i * sc.to(tl.float32)[None, :]
             else:
-                acc_r += tl.sum((wc * xr + ws * xi) * scale, axis=0)
+                acc_r += part_r
                 if COMPLEX_OUT:
-                    acc_i += tl.sum((ws * xr - wc * xi) * scale, axis=0)
+                    acc_i += part_i
+        sum_r = tl.sum(acc_r, axis=0)
+        sum_i = tl.sum(acc_i, axis=0)
         if split == 0:
             rb = tl.arange(0, 1)
-            r2, i2 = _edge_terms(spec_ptr, edge_ptr, rb, rm, 1, M, 0, edge0, edge1, acc_r[None, :], acc_i[None, :],
+            r2, i2 = _edge_terms(spec_ptr, edge_ptr, rb, rm, 1, M, 0, edge0, edge1, sum_r[None, :], sum_i[None, :],
                                  N_EDGE, COMPLEX_OUT)
-            acc_r = tl.reshape(r2, (BLOCK_M,))
-            acc_i = tl.reshape(i2, (BLOCK_M,))
+            sum_r = tl.reshape(r2, (BLOCK_M,))
+            sum_i = tl.reshape(i2, (BLOCK_M,))
         out_at = out_ptr + rm * (2 if COMPLEX_OUT else 1)
         if SPLIT_K == 1:
-            tl.store(out_at, acc_r, mask=rm < M)
+            tl.store(out_at, sum_r, mask=rm < M)
             if COMPLEX_OUT:
-                tl.store(out_at + 1, acc_i, mask=rm < M)
+                tl.store(out_at + 1, sum_i, mask=rm < M)
         else:
-            tl.atomic_add(out_at, acc_r, mask=rm < M, sem="relaxed")
+            tl.atomic_add(out_at, sum_r, mask=rm < M, sem="relaxed")
             if COMPLEX_OUT:
-                tl.atomic_add(out_at + 1, acc_i, mask=rm < M, sem="relaxed")
+                tl.atomic_add(out_at + 1, sum_i, mask=rm < M, sem="relaxed")
 
 
 @dataclass(frozen=True)
@@ -260,7 +306,7 @@ def fourier_matmul(spec: torch.Tensor, rt, dtype: torch.dtype, blocks: Blocks | 
     if bl.b == 1 and batch == 1:
         _fourier_gemv_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
             pairs, rt.codes, rt.tables, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
-            chunk, rt.codes.stride(0), edges[0], edges[1], n_words, **consts)
+            chunk, rt.codes.stride(0), edges[0], edges[1], n_words, ASM_GATHER=spec.is_cuda, **consts)
         return out
     grid = (triton.cdiv(m, bl.m), triton.cdiv(batch, bl.b), bl.split_k)
     _fourier_matmul_kernel[grid](
