@@ -177,6 +177,33 @@ if triton is not None:
         return tl.load(at)
 
     @triton.jit
+    def _word_products(spec_ptr, tables_ptr, scales_ptr, word, rw, rm, gstart, goff, M, K_REG, GROUP: tl.constexpr,
+                       ALIGNED: tl.constexpr, BITS: tl.constexpr, ENTRIES: tl.constexpr, COMPLEX_OUT: tl.constexpr,
+                       ASM_GATHER: tl.constexpr):
+        """Re (and Im) of the products of a tile of words with the activation row, per word and row,
+        summed over the word's codes: each code shifted out in place, its entry's activation loaded
+        with stride ENTRIES (unscaled where the tile lies in one group: the caller scales the sums)."""
+        part_r = tl.zeros(word.shape, dtype=tl.float32)
+        part_i = tl.zeros(word.shape, dtype=tl.float32)
+        for p in tl.static_range(ENTRIES):
+            rk = rw * ENTRIES + p  # entry index of position p of each word
+            xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
+            xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
+            code = ((word >> (p * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
+            pair = _table_pairs(tables_ptr + code, ASM_GATHER)  # int32: (2 level cos, 2 level sin) as float16
+            wc = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+            ws = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+            if not ALIGNED:  # a group boundary may fall inside the tile: one scale per entry
+                group = gstart[None, :] + (rk[:, None] + goff[None, :]) // GROUP
+                sc = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0)
+                wc = wc * sc.to(tl.float32)
+                ws = ws * sc.to(tl.float32)
+            part_r += wc * xr + ws * xi
+            if COMPLEX_OUT:
+                part_i += ws * xr - wc * xi
+        return part_r, part_i
+
+    @triton.jit
     def _fourier_gemv_kernel(spec_ptr, codes_ptr, tables_ptr, scales_ptr, gstart_ptr, goff_ptr, edge_ptr,
                              out_ptr, M, K_REG: tl.constexpr, K_CHUNK: tl.constexpr, stride_c, edge0, edge1,
                              N_WORDS, GROUP: tl.constexpr, ALIGNED: tl.constexpr, BITS: tl.constexpr,
@@ -194,44 +221,21 @@ if triton is not None:
         split = tl.program_id(1)
         acc_r = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
         acc_i = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
-        if ALIGNED:
-            gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
-        else:
-            gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)[None, :]
-            goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)[None, :]
+        gstart = tl.load(gstart_ptr + rm, mask=rm < M, other=0)
+        goff = tl.load(goff_ptr + rm, mask=rm < M, other=0)
         for kk in range(0, K_CHUNK, BLOCK_K):
             k0 = split * K_CHUNK + kk
             rw = k0 // ENTRIES + tl.arange(0, BLOCK_W)
             word = _code_words(codes_ptr, rw, rm, M, N_WORDS, stride_c, WORD_BYTES)
-            part_r = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
-            part_i = tl.zeros((BLOCK_W, BLOCK_M), dtype=tl.float32)
-            for p in tl.static_range(ENTRIES):
-                rk = rw * ENTRIES + p  # entry index of position p of each word
-                xr = tl.load(spec_ptr + 2 * (rk + 1), mask=rk < K_REG, other=0.0)[:, None]
-                xi = tl.load(spec_ptr + 2 * (rk + 1) + 1, mask=rk < K_REG, other=0.0)[:, None]
-                code = ((word >> (p * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
-                pair = _table_pairs(tables_ptr + code, ASM_GATHER)  # int32: (2 level cos, 2 level sin) as float16
-                wc = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-                ws = (pair >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-                if ALIGNED:
-                    part_r += wc * xr + ws * xi
-                    if COMPLEX_OUT:
-                        part_i += ws * xr - wc * xi
-                else:  # a group boundary may fall inside the tile: one scale per entry
-                    group = gstart + (rk[:, None] + goff) // GROUP
-                    sc = tl.load(scales_ptr + group, mask=(rk[:, None] < K_REG) & (rm[None, :] < M), other=0.0)
-                    part_r += (wc * xr + ws * xi) * sc.to(tl.float32)
-                    if COMPLEX_OUT:
-                        part_i += (ws * xr - wc * xi) * sc.to(tl.float32)
+            part_r, part_i = _word_products(spec_ptr, tables_ptr, scales_ptr, word, rw, rm, gstart, goff, M, K_REG,
+                                            GROUP, ALIGNED, BITS, ENTRIES, COMPLEX_OUT, ASM_GATHER)
             if ALIGNED:  # the tile lies in one group of every row: its scale multiplies the tile's sums
                 sc = tl.load(scales_ptr + gstart + k0 // GROUP, mask=(rm < M) & (k0 < K_REG), other=0.0)
-                acc_r += part_r * sc.to(tl.float32)[None, :]
-                if COMPLEX_OUT:
-                    acc_i += part_i * sc.to(tl.float32)[None, :]
-            else:
-                acc_r += part_r
-                if COMPLEX_OUT:
-                    acc_i += part_i
+                part_r = part_r * sc.to(tl.float32)[None, :]
+                part_i = part_i * sc.to(tl.float32)[None, :]
+            acc_r += part_r
+            if COMPLEX_OUT:
+                acc_i += part_i
         sum_r = tl.sum(acc_r, axis=0)
         sum_i = tl.sum(acc_i, axis=0)
         if split == 0:
