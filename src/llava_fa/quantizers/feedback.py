@@ -13,6 +13,9 @@ PolarQuant of complex spectral columns, the binarization family's block fits.
   including the feedback still pending for columns past the current block.
 - Act-order: the caller permutes W and H before the loop (quantizers/hessian.py); the loop only
   knows loop positions, the rounder maps them back to groups.
+- Fused blocks: a rounder may run a whole block's column loop itself (`fused_block`: gptq's affine
+  grid in one Triton kernel, kernels/gptq_block.py, the same arithmetic); where it declines (no GPU
+  or Triton, a block shape it does not take) the loop below runs.
 - Complex columns (fa-gptq's spectrum along the output axis) run unchanged: U stays real, since the
   transform acts on the other side of W (matrix products take it as complex with zero imaginary part).
 """
@@ -33,6 +36,15 @@ class ColumnRounder(Protocol):
 
     def round(self, column: torch.Tensor, index: int) -> torch.Tensor:
         """Round the column at loop position `index`, keep its codes, return its rounded values."""
+
+
+class FusedColumnRounder(ColumnRounder, Protocol):
+    """A ColumnRounder that can also run a block's whole column loop at once (a GPU kernel)."""
+
+    def fused_block(self, W: torch.Tensor, W1: torch.Tensor, U: torch.Tensor, Q: torch.Tensor, i1: int,
+                    group_size: int | None) -> torch.Tensor | None:
+        """Do what `_round_columns` does for the block W1 at loop position i1 (fits, codes, Q[:, i1:],
+        the feedback inside the block) and return its errors, or None to leave it to the loop."""
 
 
 class BlockRounder(Protocol):
@@ -73,13 +85,16 @@ def feedback_quantize(W: torch.Tensor, U: torch.Tensor, rounder: ColumnRounder |
 def _round_columns(W: torch.Tensor, W1: torch.Tensor, U: torch.Tensor, rounder: ColumnRounder, Q: torch.Tensor,
                    i1: int, group_size: int | None) -> torch.Tensor:
     """One block, column by column; returns the block's column errors divided by U_jj."""
+    fused = getattr(rounder, "fused_block", None)
+    if fused is not None and (errors := fused(W, W1, U, Q, i1, group_size)) is not None:
+        return errors
     n, i2 = W.shape[1], i1 + W1.shape[1]
     U1 = U[i1:i2, i1:i2]
     errors = torch.zeros_like(W1)
     for i in range(i2 - i1):
         j = i1 + i
         if group_size and j % group_size == 0:
-            rounder.fit_group(_group_span(W, W1, errors, U, i1, i, min(j + group_size, n)), j)
+            rounder.fit_group(group_span(W, W1, errors, U, i1, i, min(j + group_size, n)), j)
         q = rounder.round(W1[:, i], j)
         Q[:, j] = q
         err = (W1[:, i] - q) / U1[i, i]
@@ -88,8 +103,8 @@ def _round_columns(W: torch.Tensor, W1: torch.Tensor, U: torch.Tensor, rounder: 
     return errors
 
 
-def _group_span(W: torch.Tensor, W1: torch.Tensor, errors: torch.Tensor, U: torch.Tensor, i1: int, i: int,
-                end: int) -> torch.Tensor:
+def group_span(W: torch.Tensor, W1: torch.Tensor, errors: torch.Tensor, U: torch.Tensor, i1: int, i: int,
+               end: int) -> torch.Tensor:
     """Columns i1 + i .. end of a group as the loop will meet them: those inside the current block
     from W1, those past it from W with the feedback this block has not yet pushed onto them."""
     i2 = i1 + W1.shape[1]

@@ -3,6 +3,7 @@
 Columns are rounded one at a time onto an affine grid per group (`AffineColumns`), each column's
 error pushed onto the columns still to come through the Cholesky factor of H^-1 (the shared loop of
 quantizers/feedback.py), so the rounding minimizes the layer's output error, not the weight error.
+On a GPU with Triton each block of columns runs as one kernel (kernels/gptq_block.py, same results).
 Stored as `affine` codes.
 """
 
@@ -14,10 +15,11 @@ from torch import nn
 from llava_fa.calibration.stats import XTX, LayerStats
 from llava_fa.errors import ConfigError
 from llava_fa.formats import AffineLinear
+from llava_fa.kernels import gptq_block
 from llava_fa.methods.base import Method, register_method
 from llava_fa.methods.gptq.config import GPTQConfig
 from llava_fa.quantizers import dequantize, fit, group_count, pad_to_groups, quantize, resolve_group_size
-from llava_fa.quantizers.feedback import feedback_quantize
+from llava_fa.quantizers.feedback import feedback_quantize, group_span
 from llava_fa.quantizers.hessian import prepare_hessian
 
 
@@ -84,3 +86,20 @@ class AffineColumns:
         q = quantize(column, s, z, self.bits)
         self.codes[:, index] = q
         return dequantize(q, s, z)
+
+    def fused_block(self, W: torch.Tensor, W1: torch.Tensor, U: torch.Tensor, Q: torch.Tensor, i1: int,
+                    group_size: int | None) -> torch.Tensor | None:
+        """The block's column loop in one kernel (kernels/gptq_block.py), or None where it cannot run:
+        no Triton on W's device, act-order (group_size None), groups that straddle the block."""
+        n, i2 = W.shape[1], i1 + W1.shape[1]
+        U1 = U[i1:i2, i1:i2]
+        groups = gptq_block.kernel_groups(i1, W1.shape[1], n, group_size)
+        if (groups is None or not gptq_block.can_run(W1, U1) or self.group_of[i1] != i1 // group_size
+                or (self.sym and self.bits < 2)):  # the last: fit's error comes from the loop
+            return None
+        if groups == 0 and i1 % group_size == 0:
+            # the group starts here and reaches past the block: fitted as the loop would at its first
+            # column (no feedback from this block yet)
+            self.fit_group(group_span(W, W1, torch.zeros_like(W1), U, i1, 0, min(i1 + group_size, n)), i1)
+        return gptq_block.affine_block(W1, U1, self.scale, self.zero, self.codes[:, i1:i2], Q[:, i1:i2], group=groups,
+                                       group0=self.group_of[i1], bits=self.bits, sym=self.sym)
