@@ -18,6 +18,7 @@ pooled over its module's experts). Rank 0 alone writes the work dir, prints and 
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from dataclasses import dataclass
@@ -69,8 +70,15 @@ def init_world(device: str) -> tuple[World, str]:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # device_id: NCCL binds this rank's GPU now instead of guessing it at the first collective
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device(device) if cuda else None)
+        atexit.register(_leave, dist)  # NCCL warns of leaked resources when a process exits still in its group
     return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def _leave(dist) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(world: World) -> None:
