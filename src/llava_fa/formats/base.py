@@ -10,7 +10,7 @@ fill the buffers from safetensors. The bias stays a plain parameter under the na
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,12 @@ class CompressedLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense (out_features, in_features) weight this module represents."""
         raise NotImplementedError
+
+    def weight_rows(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The dense weight as (start, stop, rows start..stop) blocks in order, what the dequant forward
+        and weight_error rebuild one at a time; a format whose rows can be rebuilt apart gives several
+        (fourier's rfft). Here: one block, the whole weight."""
+        yield 0, self.out_features, self.dequantize(dtype)
 
     # --- shared ----------------------------------------------------------------------------------
     def set_bias(self, bias: torch.Tensor | None) -> "CompressedLinear":
@@ -127,8 +133,23 @@ def layer_bias(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def dequant_forward(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor:
-    """Rebuild the dense weight at every call: only the compressed form stays in memory."""
-    return F.linear(x, layer.dequantize(x.dtype), layer_bias(layer, x))
+    """Rebuild the dense weight at every call, a block of rows at a time where the format gives blocks
+    (`weight_rows`): only the compressed form and one block stay in memory. Each block's outputs are
+    those of F.linear on the whole weight where the BLAS computes each output the same way whatever
+    the number of rows (MKL on CPU with 16 or more input rows: tests/test_fourier_row_blocks.py)."""
+    bias = layer_bias(layer, x)
+    parts = [F.linear(x, W, None if bias is None else bias[a:b]) for a, b, W in layer.weight_rows(x.dtype)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def weight_error(layer: CompressedLinear, weight: torch.Tensor) -> torch.Tensor:
+    """W - W_hat (float32, on the device of `weight`, W), W_hat rebuilt a block of rows at a time: the
+    same values as weight - layer.dequantize(), without a whole W_hat besides the difference."""
+    weight = weight.float()
+    diff = torch.empty_like(weight)
+    for a, b, W in layer.weight_rows(torch.float32):
+        torch.sub(weight[a:b], W.to(weight.device), out=diff[a:b])
+    return diff
 
 
 def cached_forward(layer: CompressedLinear, x: torch.Tensor) -> torch.Tensor:

@@ -157,13 +157,19 @@ class FourierLinear(CompressedLinear):
         p, lay, codes = self._params, self.layout, SpectrumCodes()
         vc, vr = ft.gather(target, self.in_features, self.mode)
         gc, gr = self.entry_groups()
+        # codes kept as uint8 (they have at most 8 bits; pack gives the same bytes) and the entry-sized
+        # inputs dropped as soon as they are used: int64 codes and complex entries are 8 bytes each
         if lay.n_complex and p["quantizer"] == "polar":
             q = polar_quantize(vc, gc, p["mag_bits"], p["phase_bits"], p["levels"], search)
-            codes.mag_codes, codes.phase_codes, codes.mag_scales, codes.mag_levels = q.mag, q.phase, q.scale, q.levels
+            codes.mag_codes, codes.phase_codes = q.mag.to(torch.uint8), q.phase.to(torch.uint8)
+            codes.mag_scales, codes.mag_levels, q = q.scale, q.levels, None
         elif lay.n_complex:
-            codes.re_codes, codes.im_codes, codes.cplx_scales = cartesian_quantize(vc, gc, lay.cart_bits, search)
+            re, im, codes.cplx_scales = cartesian_quantize(vc, gc, lay.cart_bits, search)
+            codes.re_codes, codes.im_codes, re, im = re.to(torch.uint8), im.to(torch.uint8), None, None
+        vc = gc = None
         if lay.n_real:
-            codes.real_codes, codes.real_scales = sym_quantize(vr, gr, p["real_bits"], search)
+            real, codes.real_scales = sym_quantize(vr, gr, p["real_bits"], search)
+            codes.real_codes = real.to(torch.uint8)
         self.store_codes(codes)
 
     def set_lowrank(self, A: torch.Tensor, B: torch.Tensor, search: bool = False) -> None:
@@ -184,28 +190,35 @@ class FourierLinear(CompressedLinear):
     # --- decode ------------------------------------------------------------------------------------
     def code_values(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Dequantized (complex, real) stored entries, or (None, None) without codes."""
+        return self.code_values_rows(0, ft.spectrum_shape(self.out_features, self.in_features, self.mode)[0])
+
+    def code_values_rows(self, start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Dequantized (complex, real) stored entries of grid rows start..stop, or (None, None) without
+        codes: only the codes of those rows are unpacked (the same values as those rows' part of all)."""
         p, lay = self._params, self.layout
         if not p["codes"]:
             return None, None
         if runtime.moved_codes(self) is not None:
             self.drop_runtime_caches()  # takes the codes back from the kernel layout holding them
-        gc, gr = self.entry_groups()
+        s = lay.row_span(start, stop, self._device())
         vc = vr = None
         if lay.n_complex:
-            if p["quantizer"] == "polar":
+            polar = p["quantizer"] == "polar"
+            scale = from_bits(self.mag_scales if polar else self.cplx_scales)[s.gc0:s.gc0 + s.gc.count]
+            if polar:
                 lv = (from_bits(self.mag_levels) if p["levels"] == "lloyd"
                       else uniform_levels(p["mag_bits"], self.mag_codes.device))
                 # codes unpacked inline: polar_dequantize frees each entry-sized code tensor once used
-                vc = polar_dequantize(unpack(self.mag_codes, p["mag_bits"], lay.n_complex),
-                                      unpack(self.phase_codes, p["phase_bits"], lay.n_complex),
-                                      from_bits(self.mag_scales), lv, gc, p["phase_bits"])
+                vc = polar_dequantize(_codes(self.mag_codes, p["mag_bits"], s.c0, s.c1),
+                                      _codes(self.phase_codes, p["phase_bits"], s.c0, s.c1), scale, lv, s.gc,
+                                      p["phase_bits"])
             else:
                 b = lay.cart_bits
-                re, im = unpack(self.re_codes, b, lay.n_complex), unpack(self.im_codes, b, lay.n_complex)
-                vc = cartesian_dequantize(re, im, from_bits(self.cplx_scales), gc, b)
+                vc = cartesian_dequantize(_codes(self.re_codes, b, s.c0, s.c1), _codes(self.im_codes, b, s.c0, s.c1),
+                                          scale, s.gc, b)
         if lay.n_real:
-            codes = unpack(self.real_codes, p["real_bits"], lay.n_real)
-            vr = sym_dequantize(codes, from_bits(self.real_scales), gr, p["real_bits"])
+            vr = sym_dequantize(_codes(self.real_codes, p["real_bits"], s.r0, s.r1),
+                                from_bits(self.real_scales)[s.gr0:s.gr0 + s.gr.count], s.gr, p["real_bits"])
         return vc, vr
 
     def lowrank_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -239,23 +252,53 @@ class FourierLinear(CompressedLinear):
 
     def reconstruct_scaled(self) -> torch.Tensor:
         """W_s = inverse(L + Q): the weight before the ODC scales are undone (float32)."""
-        m, n = self.out_features, self.in_features
-        grid = None
-        for part in (self.codes_grid(), self.lowrank_grid()):
-            if part is not None:
-                grid = part if grid is None else grid + part
-        if grid is None:
-            return torch.zeros(m, n, device=self._device())
-        return ft.inverse(grid, n, self.mode)
+        return self._assemble(self.weight_rows(scaled=True))
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        W = self.reconstruct_scaled()
+        return self._assemble(self.weight_rows(dtype))
+
+    def weight_rows(self, dtype: torch.dtype = torch.float32, scaled: bool = False):
+        """(start, stop, rows start..stop of W) (formats/base.py): on CPU, for rfft and none, in the blocks
+        of layout.row_blocks(), each rebuilt from its grid rows alone (the same floats as those rows of
+        the whole inverse); else one block (on GPU speed comes first). `scaled`: rows of W_s (float32,
+        ODC scales not undone)."""
+        m, whole = self.out_features, not self.layout.rows_independent
+        blocks = [(0, m)] if whole or self._device().type != "cpu" else self.layout.row_blocks()
+        L = self.lowrank_grid()  # whole: row blocks of the product A^T B need not be the same floats (GEMM)
+        for a, b in blocks:
+            W = self._scaled_rows(a, b, L, whole)
+            yield a, b, W if scaled else self._unscale(W, a, b).to(dtype)
+
+    def _scaled_rows(self, a: int, b: int, L: torch.Tensor | None, whole: bool = False) -> torch.Tensor:
+        """Rows a..b of W_s from grid rows a..b (`whole`: a..b = 0..m of any transform, from the whole grid)."""
+        vc, vr = self.code_values() if whole else self.code_values_rows(a, b)
+        grid = None if vc is None and vr is None else ft.fill(vc, vr, b - a, self.in_features, self.mode)
+        vc = vr = None
+        if L is not None:
+            grid = L[a:b] if grid is None else grid + L[a:b]
+        if grid is None:
+            return torch.zeros(b - a, self.in_features, device=self._device())
+        return ft.inverse(grid, self.in_features, self.mode)
+
+    def _unscale(self, W: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Rows a..b of W from those of W_s: the ODC scales undone."""
         c, r = self.odc_scales()
         if c is not None:
             W = W / c[None, :]
         if r is not None:
-            W = W / r[:, None]
-        return W.to(dtype)
+            W = W / r[a:b, None]
+        return W
+
+    def _assemble(self, blocks) -> torch.Tensor:
+        """The whole weight from weight_rows' blocks, written into one tensor as they come."""
+        out = None
+        for a, b, W in blocks:
+            if (a, b) == (0, self.out_features):
+                return W
+            if out is None:
+                out = torch.empty(self.out_features, self.in_features, dtype=W.dtype, device=W.device)
+            out[a:b] = W
+        return out
 
     def bits_breakdown(self) -> dict[str, int]:
         """Where the stored bits go: lowrank (factors and their scales), codes, scales (group scales
@@ -266,6 +309,12 @@ class FourierLinear(CompressedLinear):
                    else "codes" if name.endswith("_codes") else "scales")
             out[key] += t.numel() * t.element_size() * 8
         return out
+
+
+def _codes(packed: torch.Tensor, bits: int, start: int, stop: int) -> torch.Tensor:
+    """Codes start..stop of a packed stream: only the words (runs of 8 codes) that hold them unpacked."""
+    w0, w1 = start // 8, -(-stop // 8)
+    return unpack(packed[w0 * bits:w1 * bits], bits, (w1 - w0) * 8)[start - w0 * 8:stop - w0 * 8]
 
 
 def spectral_forward(layer: FourierLinear, x: torch.Tensor) -> torch.Tensor:

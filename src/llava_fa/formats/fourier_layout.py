@@ -26,6 +26,13 @@ def _pad8(n: int) -> int:
     return -(-n // 8) * 8
 
 
+# The row-block paths (rfft, none: each row of W is the inverse of its grid row alone) rebuild W about
+# this many entries at a time (4 MiB of float32), in balanced blocks of at least MIN_BLOCK_ROWS rows:
+# the dequant forward and the weight error then hold one block, not the whole weight and its grids.
+ROW_BLOCK_ELEMENTS = 1 << 20
+MIN_BLOCK_ROWS = 64
+
+
 @dataclass
 class SpectrumCodes:
     """Codes chosen for the stored entries of a `fourier` layer, unpacked.
@@ -51,6 +58,22 @@ class SpectrumCodes:
 CODE_FIELDS = tuple(f.name for f in fields(SpectrumCodes))
 
 
+@dataclass
+class RowSpan:
+    """The stored entries of grid rows start..stop: complex entries c0..c1 and real entries r0..r1 of
+    the row-major code streams, their groups (ids counted from the span's first group) and the index
+    of that first group in the scale vectors (gc0, gr0)."""
+
+    c0: int
+    c1: int
+    r0: int
+    r1: int
+    gc: Groups
+    gr: Groups
+    gc0: int
+    gr0: int
+
+
 class Layout:
     """Counts of a `fourier` layer, from its shape and parameters alone (no tensors)."""
 
@@ -59,6 +82,7 @@ class Layout:
         mode = p["transform"]
         self.h = ft.spectrum_shape(m, n, mode)[1]
         cplx_rows, real_rows = ft.row_counts(m, n, mode)
+        self.cplx_rows, self.real_rows = cplx_rows, real_rows  # stored entries per grid row
         self.n_complex, self.n_real = sum(cplx_rows), sum(real_rows)
         g = p["group_size"]
         self.complex_groups = row_groups_count(cplx_rows, g)
@@ -79,6 +103,31 @@ class Layout:
         else:
             gr = flat_groups(int(rmask.sum()), g, device)
         return gc, gr
+
+    @property
+    def rows_independent(self) -> bool:
+        """Each row of W is the inverse of its grid row alone (rfft, none): W can be rebuilt in row blocks."""
+        return self.p["transform"] in ("rfft", "none")
+
+    def row_blocks(self) -> list[tuple[int, int]]:
+        """Row ranges of W rebuilt at a time (one, the whole weight, unless rows are independent)."""
+        m = self.m
+        k = max(1, min(-(-m * self.n // ROW_BLOCK_ELEMENTS), m // MIN_BLOCK_ROWS)) if self.rows_independent else 1
+        return [(m * i // k, m * (i + 1) // k) for i in range(k)]
+
+    def row_span(self, start: int, stop: int, device: torch.device | None = None) -> RowSpan:
+        """The entries and groups of grid rows start..stop (the same ids, less the offset, as entry_groups)."""
+        g, cplx, real = self.p["group_size"], self.cplx_rows, self.real_rows
+        c0, c1, r0, r1 = sum(cplx[:start]), sum(cplx[:stop]), sum(real[:start]), sum(real[:stop])
+        gc = row_groups(torch.tensor(cplx[start:stop], device=device), g)
+        if self.real_row_aligned:
+            gr, gr0 = row_groups(torch.tensor(real[start:stop], device=device), g), row_groups_count(real[:start], g)
+        else:  # flat groups across rows, as flat_groups numbers them
+            size = max(self.n_real, 1) if g == -1 else g
+            gr0 = r0 // size
+            ids = torch.arange(r0, r1, device=device) // size - gr0
+            gr = Groups(ids, int(ids[-1]) + 1 if r1 > r0 else 0)
+        return RowSpan(c0, c1, r0, r1, gc, gr, row_groups_count(cplx[:start], g), gr0)
 
     def buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Name -> (shape, dtype) of every stored tensor."""

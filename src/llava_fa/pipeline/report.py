@@ -104,7 +104,7 @@ _PRODUCT_ELEMENTS = 1 << 24
 @dataclass
 class _Tracked:
     module: nn.Module
-    diff: torch.Tensor  # W - W_hat, float32
+    diff: torch.Tensor  # W - W_hat, bfloat16 (it only feeds the reported error: half the memory of float32)
     error_sq: torch.Tensor  # sum of ||(W - W_hat) x||^2, float64, on the device of `diff`
     signal_sq: torch.Tensor  # sum of ||W x||^2, likewise
     tokens: int = 0
@@ -117,7 +117,8 @@ class ActivationErrorMeter:
     hooks feed it every input those modules receive with the output they give. W x is taken as
     W_hat x (that output, less the bias) + (W - W_hat) x: the meter keeps W - W_hat only, not W as
     well, which saves a dense copy of every compressed weight of the block until it is measured
-    (what bounds memory in streamed compression). `errors()` gives the act_error per name and drops
+    (what bounds memory in streamed compression), and keeps it in bfloat16 (the errors it reports
+    change by that rounding only; nothing stored depends on them). `errors()` gives the act_error per name and drops
     what it kept.
     """
 
@@ -127,7 +128,7 @@ class ActivationErrorMeter:
 
     def track(self, name: str, module: nn.Module, diff: torch.Tensor) -> None:
         zero = torch.zeros((), dtype=torch.float64, device=diff.device)
-        self._tracked[name] = _Tracked(module, diff.detach().float(), zero, zero.clone())
+        self._tracked[name] = _Tracked(module, diff.detach().to(torch.bfloat16), zero, zero.clone())
 
     def __enter__(self) -> "ActivationErrorMeter":
         for name, tracked in self._tracked.items():
@@ -153,10 +154,19 @@ class ActivationErrorMeter:
         rows = x.detach().reshape(-1, x.shape[-1])
         outs = y_hat.detach().reshape(-1, y_hat.shape[-1])
         step = max(1, _PRODUCT_ELEMENTS // t.diff.shape[0])
+        # W - W_hat back to float32 a block of its rows (outputs) at a time, never whole
+        block = max(1, _PRODUCT_ELEMENTS // 4 // t.diff.shape[1])
         for chunk, out in zip(rows.split(step), outs.split(step)):
-            error = chunk.float() @ t.diff.T
-            t.error_sq += error.square().sum(dtype=torch.float64)
-            t.signal_sq += (out.float() + error).square().sum(dtype=torch.float64)
+            if chunk.is_cuda:  # one bfloat16 product (float32 accumulation): conversions per sample cost more
+                error = (chunk.to(t.diff.dtype) @ t.diff.T).float()
+                t.error_sq += error.square().sum(dtype=torch.float64)
+                t.signal_sq += (out.float() + error).square().sum(dtype=torch.float64)
+                continue
+            chunk = chunk.float()
+            for a in range(0, t.diff.shape[0], block):
+                error = chunk @ t.diff[a:a + block].float().T
+                t.error_sq += error.square().sum(dtype=torch.float64)
+                t.signal_sq += (out[:, a:a + block].float() + error).square().sum(dtype=torch.float64)
         t.tokens += rows.shape[0]
 
     def errors(self) -> dict[str, float | None]:

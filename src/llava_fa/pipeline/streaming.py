@@ -198,12 +198,14 @@ def open_model(path: Path, dtype: torch.dtype | str, streamed: bool,
 
     reason = "--no-stream" if not streamed else None
     if reason is None:
+        # before the skeleton: building it allocates and frees weight-sized tensors (16 MB attention
+        # weights of a 1B model) that grew glibc's heap to 1.1 GB, kept resident for the whole run
+        bound_heap()
         opened = open_lazy(path, dtype)
         if not isinstance(opened, str):
             model, weights = opened
             reason = splittable(model, find_parts(model))
             if reason is None:
-                bound_heap()
                 info("loading layer by layer: each decoder layer is read from the safetensors files at its turn "
                      "and written once compressed")
                 return model, weights

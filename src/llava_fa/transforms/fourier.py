@@ -199,7 +199,9 @@ def gather(S: torch.Tensor, n: int, mode: str) -> tuple[torch.Tensor, torch.Tens
     """The stored (complex, real) entries of a grid, taken from its projection (what counts)."""
     m = 2 * (S.shape[0] - 1) if mode == "rfft_out" else S.shape[0]
     cmask, rmask = stored_masks(m, n, mode, S.device)
-    P = project(S, n, mode)
+    # rfft's projection only makes its real entries real (taken as .real below) and that of none is S
+    # itself: no projected copy of the grid for those (the same values)
+    P = S if mode in ("rfft", "none") else project(S, n, mode)
     real = P.masked_select(rmask)
     return P.masked_select(cmask), (real if mode == "none" else real.real).float()
 
