@@ -10,8 +10,9 @@ stored complex entry is rho e^{i theta} with rho = level[mag] * scale[group] and
 -pi + 2 pi phase / 2^b_theta; one code of b_r + b_theta bits holds both. Each tile of codes is turned
 into the two real tiles 2 level cos(theta) and 2 level sin(theta) (one table of pairs indexed by the
 byte, see `_code_tiles`; the group scale multiplies the dot's result) and goes into `tl.dot` with
-the activation spectrum: tensor cores for prefill, and the same reads at decode (batch padded to
-16 in registers, never in memory). W and the dense spectrum are never formed.
+the activation spectrum: tensor cores for prefill and batches 2-16 (padded to 16 in registers, never
+in memory); one activation row runs `_fourier_gemv_kernel` on the CUDA cores instead, in the layout
+the code bytes load in. W and the dense spectrum are never formed.
 
 Kernel layout (built once per device from the stored buffers by `formats/fourier_runtime.py`):
 - `codes` uint8 (K_pad * bits / 8, m): entry k+1 of row j (the columns between DC and Nyquist) as the
