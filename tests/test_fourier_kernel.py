@@ -87,3 +87,22 @@ def test_kernel_in_the_triton_interpreter():
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2), (torch.float32, 5e-3)])
 def test_kernel_on_cuda(dtype, tol):
     check_fused_matches_dequant("cuda", dtype, tol)
+
+
+def check_tall_weight_tiles_match(device: str) -> None:
+    """The 256 x 64 tiles batch 1 takes on tall weights (default_blocks, m >= 8192) give the same Z as
+    the default tiles, on a small layer (tiles larger than the weight, a K split of 4)."""
+    from llava_fa.formats import fourier_runtime
+    from llava_fa.kernels import fourier_matmul as km
+
+    layer = make_layer(40, 300, dict(transform="rfft", rank=0, group_size=64), device)
+    rt = fourier_runtime.kernel_layout(layer, torch.device(device))
+    spec = torch.fft.rfft(torch.randn(1, 300, device=device), dim=-1)
+    ref = km.fourier_matmul(spec, rt, torch.float32)
+    got = km.fourier_matmul(spec, rt, torch.float32, km.Blocks(1, 256, 64, 4))
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
+def test_tall_weight_tiles_in_the_triton_interpreter():
+    run_in_triton_interpreter("import test_fourier_kernel as t; t.check_tall_weight_tiles_match('cpu')")

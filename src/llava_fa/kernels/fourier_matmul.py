@@ -270,16 +270,22 @@ class Blocks:
 
 def default_blocks(batch: int, m: int, k_reg: int, group: int, aligned: bool) -> Blocks:
     """One activation row: the row-sum kernel; up to 16: tl.dot with the batch padded to 16 in
-    registers; more: prefill tiles. A K split gives a decode step about four programs per SM (132 on
-    an H100/H200); an aligned K tile inside one group reads one scale per row instead of one per entry.
-    The tiles keep ptxas under 180 registers without spills for sm_90 (`scripts/kernel_static_stats.py`);
-    `scripts/bench_fourier_kernel.py --sweep` times the alternatives on a GPU."""
+    registers; more: prefill tiles. A K split gives a decode step enough programs to hide each tile's
+    loads: about 1,024 at batch 1 (8 per SM of an H200), 528 at batch 16; an aligned K tile inside one
+    group reads one scale per row instead of one per entry. Batch 1 on a tall weight (11008 rows) takes
+    256 x 64 tiles: the H200 sweep (`scripts/bench_fourier_kernel.py --sweep`, docs/results/kernels_h200/
+    d123f6d/fourier_gemv_sweep.txt) measured 49.0 us there, where 128 x 32 tiles split 8 ways were not
+    among the five fastest; 4096 rows: 128 x 32 split 16-32 ways, 18.5-18.8 us. The tiles keep ptxas
+    under 180 registers without spills for sm_90 (`scripts/kernel_static_stats.py`)."""
     if batch > 16:
         base = Blocks(64, 64, 32)
     else:
-        base = Blocks(1, 128, 32) if batch == 1 else Blocks(16, 64, 32)
+        if batch == 1:
+            base, target = (Blocks(1, 256, 64) if m >= 8192 else Blocks(1, 128, 32)), 1024
+        else:
+            base, target = Blocks(16, 64, 32), 528
         programs, tiles, split = -(-m // base.m), -(-k_reg // base.k), 1
-        while programs * split < 528 and split * 2 <= tiles:
+        while programs * split < target and split * 2 <= tiles:
             split *= 2
         base = Blocks(base.b, base.m, base.k, split)
     k = base.k
