@@ -141,3 +141,15 @@ def test_past_the_single_file_size_the_shards_stay_apart_with_an_index(tmp_path,
     inputs = F.text_inputs()
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "one")(**inputs).logits, load_model(tmp_path / "many")(**inputs).logits)
+
+
+def test_the_manifest_digest_taken_while_merging_is_the_files(tmp_path, llama_dir):
+    """io.shards.merge_safetensors hashes the bytes as it writes them; the manifest must hold the file's sha256."""
+    import json
+
+    from llava_fa.io.files import sha256_of
+    from llava_fa.io.modules import MANIFEST
+
+    compress_checkpoint(llama_dir, Recipe(method="rtn", calibration=CALIBRATION), tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())["files"]
+    assert manifest and all(entry["sha256"] == sha256_of(tmp_path / "out" / name) for name, entry in manifest.items())

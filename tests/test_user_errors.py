@@ -170,7 +170,7 @@ def test_read_only_out_fails_before_any_work(run, dense_dir, read_only_dir, no_l
 
 
 def test_full_disk_removes_the_partial_output(run, dense_dir, tmp_path, monkeypatch):
-    def disk_full(directory):
+    def disk_full(directory, *known):
         (Path(directory) / "half.bin").write_bytes(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -63,7 +63,7 @@ def save_compressed(model: nn.Module, out: Path, qconfig, processor=None, report
         stray = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         if stray:
             raise CheckpointError(f"refusing to write pickled files {stray}")
-        write_manifest(tmp)
+        write_manifest(tmp, None if shards is None else shards.digests)
     return Path(out)
 
 

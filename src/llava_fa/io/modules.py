@@ -94,10 +94,12 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 # --- safetensors checks --------------------------------------------------------------------------
 
-def write_manifest(directory: Path) -> None:
+def write_manifest(directory: Path, known: dict[str, str] | None = None) -> None:
+    """Size and sha256 of every weight file; `known`: digests already taken as the files were written."""
+    known = known or {}
     files = sorted(p.name for p in directory.glob("*.safetensors"))
-    manifest = {"files": {f: {"bytes": (directory / f).stat().st_size, "sha256": sha256_of(directory / f)}
-                          for f in files}}
+    manifest = {"files": {f: {"bytes": (directory / f).stat().st_size,
+                              "sha256": known.get(f) or sha256_of(directory / f)} for f in files}}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

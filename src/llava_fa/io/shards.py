@@ -11,6 +11,7 @@ holds the same tensors as one written by `save_pretrained` (io.files.tensor_dige
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,7 @@ class ShardWriter:
         self.groups: dict[str, list[str]] = {}  # group -> its tensor names, in the order first written
         self.sizes: dict[str, int] = {}  # group -> bytes of its tensors (the index's total_size)
         self.background = BackgroundWrites()
+        self.digests: dict[str, str] = {}  # file in the output folder -> sha256, where `finish` hashed it on the way
 
     def write(self, group: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write (or rewrite, on a resumed run) one group's shard, in the background (`finish` waits)."""
@@ -83,7 +85,8 @@ class ShardWriter:
         self.background.drain()
         groups = [g for g in self.groups if self.groups[g]]
         if sum(self.sizes[g] for g in groups) <= SINGLE_FILE_BYTES:
-            merge_safetensors([self.folder / f"{g}.safetensors" for g in groups], Path(dest) / SINGLE)
+            sources = [self.folder / f"{g}.safetensors" for g in groups]
+            self.digests[SINGLE] = merge_safetensors(sources, Path(dest) / SINGLE)
             return
         weight_map, total_size = {}, 0
         for i, group in enumerate(groups, 1):
@@ -96,9 +99,11 @@ class ShardWriter:
         (Path(dest) / INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def merge_safetensors(sources: list[Path], dest: Path) -> None:
+def merge_safetensors(sources: list[Path], dest: Path) -> str:
     """One safetensors file holding the tensors of `sources`, copied a chunk at a time (no tensor is
-    loaded); each source is deleted once copied, so the disk holds the checkpoint about once."""
+    loaded); each source is deleted once copied, so the disk holds the checkpoint about once. Returns
+    the file's sha256, taken from the bytes as they are written (the manifest needs it: reading a 7B
+    checkpoint back to hash it took seconds of every run)."""
     headers, sizes = [], []
     for source in sources:
         header = read_header(source)
@@ -114,15 +119,21 @@ def merge_safetensors(sources: list[Path], dest: Path) -> None:
         base += size
     raw = json.dumps(merged, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    digest = hashlib.sha256()
     with open(dest, "wb") as out:
-        out.write(struct.pack("<Q", len(raw)) + raw)
+        head = struct.pack("<Q", len(raw)) + raw
+        out.write(head)
+        digest.update(head)
         for source in sources:
             with open(source, "rb") as f:
                 f.seek(_data_start(source))
-                shutil.copyfileobj(f, out, 16 << 20)
+                for chunk in iter(lambda: f.read(16 << 20), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
             source.unlink()
         out.flush()
         os.fsync(out.fileno())
+    return digest.hexdigest()
 
 
 def _data_start(path: Path) -> int:
