@@ -1,6 +1,10 @@
 """One JSON record of a scale run (scripts/device/scale.sh): wall time, peak memory per GPU from
-an nvidia-smi sample log, the compressed folder's report summary; or, with --compare A B, whether
-two compressed folders store identical tensors (sha256 of every tensor)."""
+an nvidia-smi sample log, the compressed folder's report summary; with --compare A B, whether
+two compressed folders store identical tensors (sha256 of every tensor); with --table JSONL, the
+runs of a scale.jsonl as a markdown table (the every-method table of the scale issue):
+
+    python scripts/scale_record.py --table docs/results/scale_h200x2/run4_1gpu/scale.jsonl
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,32 @@ def peak_mib(smi_log: Path) -> dict[str, int]:
     return peaks
 
 
+STAGES = ("compress", "forward", "statistics", "load layers", "share")
+
+
+def table(jsonl: Path) -> str:
+    """One row per run (the --compare lines left out): seconds end to end and in the pipeline's main
+    stages, peak GPU memory per GPU, bits per weight, and the exit status (a failed run says so)."""
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    lines = ["| run | GPUs | exit | wall (s) | pipeline (s) | " + " | ".join(f"{s} (s)" for s in STAGES)
+             + " | peak GPU (MiB) | bpw |", "|---|---:|---:|---:|---:|" + "---:|" * len(STAGES) + "---|---:|"]
+    for r in rows:
+        if "name" not in r:
+            continue
+        stages = r.get("stage_seconds") or {}
+        peaks = " / ".join(f"{v:,}" for v in (r.get("peak_gpu_mib") or {}).values() if v) or "-"
+        bpw = (r.get("summary") or {}).get("bpw")
+        cells = [r["name"], str(r.get("processes")), str(r.get("rc")), _num(r.get("wall_seconds")),
+                 _num(r.get("pipeline_seconds")), *(_num(stages.get(s)) for s in STAGES), peaks,
+                 "-" if bpw is None else f"{bpw:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--name")
@@ -29,7 +59,11 @@ def main() -> None:
     p.add_argument("--smi")
     p.add_argument("--out-dir")
     p.add_argument("--compare", nargs=2)
+    p.add_argument("--table", help="a scale.jsonl: print its runs as a markdown table")
     args = p.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+        return
     if args.compare:
         a, b = (tensor_digests(Path(x)) for x in args.compare)
         print(json.dumps({"compare": args.compare, "tensors": len(a), "identical": bool(a) and a == b,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compress a random Llama-2-7B-shaped decoder on 1 GPU and with torchrun on N GPUs, for each method:
 # wall time, peak GPU memory per GPU (nvidia-smi, sampled every 200 ms), and whether both runs store
-# identical tensors. Results: $RESULTS/scale.jsonl (one record per run) and $RESULTS/scale.log
+# identical tensors. Results: $RESULTS/scale.jsonl (one record per run), $RESULTS/scale_table.md (the runs
+# as a markdown table) and $RESULTS/scale.log
 # (RESULTS defaults to $OUT; point it to /tmp/... when running in the background across calls,
 # since each call empties $OUT).
 #   bash scripts/device/scale.sh "gptq:--bits 3" "fa:"      (on an nvidia-h200-x2)
@@ -43,3 +44,4 @@ for spec in "$@"; do
   rm -rf /tmp/out/"$method"-*gpu
   tail -3 "$RESULTS/scale.jsonl"
 done
+python3 scripts/scale_record.py --table "$RESULTS/scale.jsonl" | tee "$RESULTS/scale_table.md"
