@@ -50,7 +50,7 @@ from llava_fa.formats.fourier_layout import (LEVELS, LR_BITS, QUANTIZERS, TRANSF
                                              validate_params)
 from llava_fa.formats.registry import register_format
 from llava_fa.quantizers.float16 import from_bits, to_bits
-from llava_fa.quantizers.packing import pack, unpack
+from llava_fa.quantizers.packing import pack, unpack, unpack_range
 from llava_fa.quantizers.polar import (
     Groups,
     cartesian_dequantize,
@@ -209,15 +209,15 @@ class FourierLinear(CompressedLinear):
                 lv = (from_bits(self.mag_levels) if p["levels"] == "lloyd"
                       else uniform_levels(p["mag_bits"], self.mag_codes.device))
                 # codes unpacked inline: polar_dequantize frees each entry-sized code tensor once used
-                vc = polar_dequantize(_codes(self.mag_codes, p["mag_bits"], s.c0, s.c1),
-                                      _codes(self.phase_codes, p["phase_bits"], s.c0, s.c1), scale, lv, s.gc,
-                                      p["phase_bits"])
+                vc = polar_dequantize(unpack_range(self.mag_codes, p["mag_bits"], s.c0, s.c1),
+                                      unpack_range(self.phase_codes, p["phase_bits"], s.c0, s.c1), scale, lv,
+                                      s.gc, p["phase_bits"])
             else:
                 b = lay.cart_bits
-                vc = cartesian_dequantize(_codes(self.re_codes, b, s.c0, s.c1), _codes(self.im_codes, b, s.c0, s.c1),
-                                          scale, s.gc, b)
+                re, im = (unpack_range(t, b, s.c0, s.c1) for t in (self.re_codes, self.im_codes))
+                vc = cartesian_dequantize(re, im, scale, s.gc, b)
         if lay.n_real:
-            vr = sym_dequantize(_codes(self.real_codes, p["real_bits"], s.r0, s.r1),
+            vr = sym_dequantize(unpack_range(self.real_codes, p["real_bits"], s.r0, s.r1),
                                 from_bits(self.real_scales)[s.gr0:s.gr0 + s.gr.count], s.gr, p["real_bits"])
         return vc, vr
 
@@ -309,12 +309,6 @@ class FourierLinear(CompressedLinear):
                    else "codes" if name.endswith("_codes") else "scales")
             out[key] += t.numel() * t.element_size() * 8
         return out
-
-
-def _codes(packed: torch.Tensor, bits: int, start: int, stop: int) -> torch.Tensor:
-    """Codes start..stop of a packed stream: only the words (runs of 8 codes) that hold them unpacked."""
-    w0, w1 = start // 8, -(-stop // 8)
-    return unpack(packed[w0 * bits:w1 * bits], bits, (w1 - w0) * 8)[start - w0 * 8:stop - w0 * 8]
 
 
 def spectral_forward(layer: FourierLinear, x: torch.Tensor) -> torch.Tensor:

@@ -154,17 +154,15 @@ class ActivationErrorMeter:
         rows = x.detach().reshape(-1, x.shape[-1])
         outs = y_hat.detach().reshape(-1, y_hat.shape[-1])
         step = max(1, _PRODUCT_ELEMENTS // t.diff.shape[0])
-        # W - W_hat back to float32 a block of its rows (outputs) at a time, never whole
-        block = max(1, _PRODUCT_ELEMENTS // 4 // t.diff.shape[1])
+        # CPU: W - W_hat back to float32 a block of its rows (outputs) at a time, never whole; CUDA: one
+        # bfloat16 product (float32 accumulation), where conversions per sample cost more than they save
+        gpu = rows.is_cuda
+        block = t.diff.shape[0] if gpu else max(1, _PRODUCT_ELEMENTS // 4 // t.diff.shape[1])
         for chunk, out in zip(rows.split(step), outs.split(step)):
-            if chunk.is_cuda:  # one bfloat16 product (float32 accumulation): conversions per sample cost more
-                error = (chunk.to(t.diff.dtype) @ t.diff.T).float()
-                t.error_sq += error.square().sum(dtype=torch.float64)
-                t.signal_sq += (out.float() + error).square().sum(dtype=torch.float64)
-                continue
-            chunk = chunk.float()
+            chunk = chunk.to(t.diff.dtype) if gpu else chunk.float()
             for a in range(0, t.diff.shape[0], block):
-                error = chunk @ t.diff[a:a + block].float().T
+                part = t.diff[a:a + block]
+                error = (chunk @ part.T).float() if gpu else chunk @ part.float().T
                 t.error_sq += error.square().sum(dtype=torch.float64)
                 t.signal_sq += (out[:, a:a + block].float() + error).square().sum(dtype=torch.float64)
         t.tokens += rows.shape[0]

@@ -47,6 +47,12 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes.reshape(*lead, -1)[..., :n].contiguous()
 
 
+def unpack_range(packed: torch.Tensor, bits: int, start: int, stop: int) -> torch.Tensor:
+    """Codes start..stop of a 1-D packed stream: only the words (runs of 8 codes) that hold them unpacked."""
+    w0, w1 = start // 8, -(-stop // 8)
+    return unpack(packed[w0 * bits:w1 * bits], bits, (w1 - w0) * 8)[start - w0 * 8:stop - w0 * 8]
+
+
 def _regroup(words: torch.Tensor, in_step: int, out_count: int, out_step: int, mask: int) -> torch.Tensor:
     """Each row of `words` (k fields of `in_step` bits, little-endian) joined into one int64 and cut into
     `out_count` fields of `out_step` bits (masked), CHUNK_WORDS rows at a time; uint8 (rows, out_count)."""

@@ -88,11 +88,13 @@ def group_max(values: torch.Tensor, groups: Groups) -> torch.Tensor:
     return out.scatter_reduce(0, groups.gid, values.float(), reduce="amax", include_self=True)
 
 
-def group_sum(values: torch.Tensor, groups: Groups) -> torch.Tensor:
+def group_sum(values: torch.Tensor, groups: Groups, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Sum per group: each group's entries added in order by one segment reduction (the ids are
     sorted). Deterministic on every device, unlike index_add, which on CUDA adds in the order of its
-    atomics (two runs stored different scales) and, under torch's deterministic mode, runs a slow path."""
-    lengths = torch.bincount(groups.gid, minlength=groups.count)
+    atomics (two runs stored different scales) and, under torch's deterministic mode, runs a slow path.
+    `lengths`: the entries per group, when the caller sums over the same groups several times."""
+    if lengths is None:
+        lengths = torch.bincount(groups.gid, minlength=groups.count)
     return torch.segment_reduce(values.float(), "sum", lengths=lengths, unsafe=True)
 
 
@@ -105,10 +107,11 @@ def best_scale(base: torch.Tensor, groups: Groups, sq_error, search: bool) -> to
     best = f16_up(base)
     if not search:
         return best
-    best_err = group_sum(sq_error(best), groups)
+    lengths = torch.bincount(groups.gid, minlength=groups.count)  # counted once for the 17 candidates
+    best_err = group_sum(sq_error(best), groups, lengths)
     for f in SEARCH[:-1]:
         cand = f16_up(base * f)
-        err = group_sum(sq_error(cand), groups)
+        err = group_sum(sq_error(cand), groups, lengths)
         better = err < best_err
         best, best_err = torch.where(better, cand, best), torch.where(better, err, best_err)
     return best
