@@ -5,7 +5,7 @@ import torch
 
 from llava_fa.formats import get_format
 from llava_fa.formats.budget import largest_rank_within
-from llava_fa.formats.lowrank import LowRankLinear, layout_bits, max_rank_for_bits
+from llava_fa.formats.lowrank import LowRankLinear, layout_bits, max_rank_for_bits, split_svd
 from llava_fa.methods import LayerStats, build_config, get_method
 
 
@@ -33,6 +33,25 @@ def _round_trip(mod):
     assert torch.equal(fresh.dequantize(), mod.dequantize())
     assert fresh.storage_bits() == mod.storage_bits()
     return fresh
+
+
+@pytest.mark.parametrize("shape", [(48, 160), (160, 48), (40, 40)])
+def test_split_svd_is_the_best_rank_r_approximation(shape, one_thread):
+    """The Gram-matrix route gives what a full SVD's truncation gives (Eckart-Young), wide or tall,
+    with singular values spread over four decades; zero directions give zero factors, not NaN."""
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.logspace(0, -4, shape[1], dtype=torch.float64)
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    for r in (1, 7, min(shape)):
+        A, B, S_all = split_svd(M, r)
+        best = (U[:, :r] * S[:r]) @ Vh[:r]
+        assert torch.allclose(A.double() @ B.double(), best, atol=1e-6 * S[0].item())
+        assert torch.allclose(S_all.double(), S, rtol=1e-5, atol=1e-9)
+    Z = torch.zeros(6, 9)
+    Z[0, 0] = 2.0
+    A, B, S_all = split_svd(Z, 3)
+    assert torch.isfinite(A).all() and torch.isfinite(B).all()
+    assert torch.allclose(A @ B, Z, atol=1e-6) and torch.allclose(S_all, torch.tensor([2.0, 0, 0, 0, 0, 0]))
 
 
 def test_lowrank_format_round_trip_and_bits(one_thread):
