@@ -57,16 +57,16 @@ def test_closed_form_updates_never_increase_the_weighted_error():
     W = torch.randn(32, 96, generator=g)
     w = torch.rand(32, 96, generator=g) ** 2 + 0.01
     B = torch.where(W >= 0, 1.0, -1.0)
-    masks = [W.abs() < 0.8, W.abs() >= 0.8]
+    masks = torch.stack([W.abs() < 0.8, W.abs() >= 0.8])
     gid = masks[1].long()
     allc = torch.ones(96, dtype=torch.bool)
 
     def err(alpha, col):
-        A = torch.stack(alpha, 1).gather(1, gid)
+        A = alpha.gather(1, gid)
         return float((w * (W - A * col[None, :] * B) ** 2).sum())
 
     col = torch.rand(96, generator=g) + 0.5
-    alpha = [torch.rand(32, generator=g) + 0.1 for _ in masks]
+    alpha = torch.rand(32, 2, generator=g) + 0.1
     e = err(alpha, col)
     for _ in range(5):
         alpha = rc_update_rows(W, B, masks, col, w)

@@ -73,9 +73,10 @@ def fit_mean_scale_groups(p: BinaryParts, W, S, groups: BlockGroups, kind: str, 
     second time on their residual (order 2); arb-x then refits with S = X^T X. Fills `p`."""
     masks, smask = groups.masks, groups.salient_mask
     fitter = fit_mean_scale if kind == "billm" else (lambda X, m, ww: fit_arb(X, m, ww, iters))
-    fits = [fitter(W, m, w) for m in masks]
-    mus, alphas, Bs = [f[0] for f in fits], [f[1] for f in fits], [f[2] for f in fits]
-    first = sum(m.float() * (mu[:, None] + al[:, None] * B) for m, mu, al, B in zip(masks, mus, alphas, Bs))
+    stacked = torch.stack(masks)  # every group fitted at once: the fits batch over a leading axis
+    mu, alpha, B = fitter(W, stacked, w)
+    first = (stacked.float() * (mu[..., None] + alpha[..., None] * B)).sum(0)
+    mus, alphas, Bs = list(mu.unbind()), list(alpha.unbind()), list(B.unbind())
     res = torch.zeros_like(W)
     if smask is not None:
         mu2, al2, B2 = fitter(W - first, smask, w)
@@ -96,15 +97,16 @@ def fit_row_column(p: BinaryParts, W, groups: BlockGroups, iters: int, w) -> Non
     B = binary_sign(W)
     p.signs = W >= 0
     col = torch.ones(W.shape[1], device=W.device)
-    alpha = rc_update_rows(W, B, masks, col, w)  # col = 1: the weighted mean |W| per group
+    stacked = torch.stack(masks)
+    alpha = rc_update_rows(W, B, stacked, col, w)  # col = 1: the weighted mean |W| per group
     nonsal_cols = torch.ones(W.shape[1], dtype=torch.bool, device=W.device) if sal is None else ~sal
     for _ in range(iters):
         col = rc_update_cols(W, B, groups.gid, alpha, nonsal_cols, w)
-        alpha = rc_update_rows(W, B, masks, col, w)
+        alpha = rc_update_rows(W, B, stacked, col, w)
     p.col_scales = col
-    p.row_scales = torch.stack(alpha, 1)[:, None, :]
+    p.row_scales = alpha[:, None, :]
     if smask is not None:
-        first = alpha[-1][:, None] * B * smask.float()  # salient columns keep col scale 1
+        first = alpha[:, -1:] * B * smask.float()  # salient columns keep col scale 1
         mu2, al2, B2 = fit_arb(W - first, smask, w, iters)
         p.res_signs_full, p.res_scales, p.res_means = (B2 > 0) & smask, al2[:, None], mu2[:, None]
 

@@ -5,6 +5,8 @@
 - `rc_update_rows` / `rc_update_cols`: ARB-RC's row x column scales, alternating.
 `w` is an optional elementwise weight of the squared error (SAB's Lambda^2); every weighted closed
 form is the exact minimizer of its weighted squared error in its one variable.
+The order-1 fits and their errors take masks with leading batch dimensions (candidate masks of a
+search, evaluated at once: selection.py), W and w broadcasting against them.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ def binary_sign(x: torch.Tensor) -> torch.Tensor:
 def masked_row_sum(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     """Row sums of x over mask m with optional elementwise weights w."""
     mm = m.float() if w is None else m.float() * w
-    return (x * mm).sum(1)
+    return (x * mm).sum(-1)
 
 
 def fit_mean_scale(W, m, w=None):
     """BiLLM's order-1 binarization of the masked weights of each row: mu = mean, alpha = mean|W - mu|."""
     cnt = masked_row_sum(torch.ones_like(W), m, w).clamp_min(EPS)
     mu = masked_row_sum(W, m, w) / cnt
-    B = binary_sign(W - mu[:, None])
-    alpha = masked_row_sum(B * (W - mu[:, None]), m, w) / cnt
+    B = binary_sign(W - mu[..., None])
+    alpha = masked_row_sum(B * (W - mu[..., None]), m, w) / cnt
     return mu, alpha, B
 
 
@@ -39,23 +41,24 @@ def fit_arb(W, m, w=None, iters: int = 15):
     mu, alpha, B = fit_mean_scale(W, m, w)
     cnt = masked_row_sum(torch.ones_like(W), m, w).clamp_min(EPS)
     for _ in range(iters):
-        mu = masked_row_sum(W - alpha[:, None] * B, m, w) / cnt
-        B = binary_sign(W - mu[:, None])
-        alpha = masked_row_sum(B * (W - mu[:, None]), m, w) / cnt
+        mu = masked_row_sum(W - alpha[..., None] * B, m, w) / cnt
+        B = binary_sign(W - mu[..., None])
+        alpha = masked_row_sum(B * (W - mu[..., None]), m, w) / cnt
     return mu, alpha, B
 
 
 def simple_err(W, m, w=None):
-    """Squared error of the order-1 mean/scale binarization of the masked weights (per row, summed)."""
+    """Squared error of the order-1 mean/scale binarization of the masked weights (per row, summed;
+    one error per mask of a batch)."""
     mu, alpha, B = fit_mean_scale(W, m)
-    e = (W - mu[:, None] - alpha[:, None] * B) ** 2
-    return masked_row_sum(e, m, w).sum()
+    e = (W - mu[..., None] - alpha[..., None] * B) ** 2
+    return masked_row_sum(e, m, w).sum(-1)
 
 
 def order2_err(W, m, w=None):
     """Squared error of binarizing the masked weights twice (order 1, then its residual)."""
     mu, alpha, B = fit_mean_scale(W, m)
-    R = W - mu[:, None] - alpha[:, None] * B
+    R = W - mu[..., None] - alpha[..., None] * B
     return simple_err(R, m, w)
 
 
@@ -84,19 +87,17 @@ def refine_x(W, Q, groups, mus, alphas, Bs, S, iters: int = 15):
 
 
 def rc_update_rows(W, B, groups, col, w=None):
-    """alpha_r[i,g] = sum_j w_ij col_j B_ij W_ij / sum_j w_ij col_j^2 over the group's weights."""
-    out = []
-    for m in groups:
-        num = masked_row_sum(col[None, :] * B * W, m, w)
-        den = masked_row_sum(col[None, :].expand_as(W) ** 2, m, w)
-        out.append(torch.where(den > EPS, num / den.clamp_min(EPS), torch.zeros_like(num)))
-    return out
+    """alpha_r[i,g] = sum_j w_ij col_j B_ij W_ij / sum_j w_ij col_j^2 over the group's weights;
+    `groups` (G, out, b) stacked masks, returns (out, G)."""
+    num = masked_row_sum(col[None, :] * B * W, groups, w)
+    den = masked_row_sum(col[None, :].expand_as(W) ** 2, groups, w)
+    return torch.where(den > EPS, num / den.clamp_min(EPS), torch.zeros_like(num)).T
 
 
 def rc_update_cols(W, B, gid, alpha_r, cols_mask, w=None):
     """alpha_c[j] = sum_i w_ij a_ij B_ij W_ij / sum_i w_ij a_ij^2, a_ij = alpha_r of (i, group of j);
     only columns in `cols_mask` change (the others keep 1)."""
-    A = torch.stack(alpha_r, 1).gather(1, gid)  # (out, n)
+    A = alpha_r.gather(1, gid)  # (out, n)
     ww = torch.ones_like(W) if w is None else w
     num = (ww * A * B * W).sum(0)
     den = (ww * A * A).sum(0)
