@@ -3,8 +3,8 @@
 # test split and all of WikiText-2, against the uncompressed testbed. Results (NAME.json, NAME.report.json,
 # NAME.log) collect in /tmp/res and are tarred into $OUT/results.tar after each run (few files come back).
 # A spec whose NAME.json is already in /tmp/res is skipped: repeat the call to resume (machine warm).
-# JOBS=N runs N specs at a time on the one GPU (the testbed is small; compression seconds then include
-# the contention, so time single layers with scripts/bench_layer.py instead).
+# JOBS=N runs N specs at a time, dealt to the machine's GPUs in turn (the testbed is small; compression
+# seconds then include the contention, so time single layers with scripts/bench_layer.py instead).
 # TESTBED_LM=qwen2.5-0.5b sweeps testbed 2 (its bundle: make_bundle.sh qwen2.5-0.5b). EVAL_DTYPE=tf32 evaluates
 # every row (the uncompressed one too) with TF32 matmuls, BASE_VQA=fast skips the uncompressed row's generation
 # pass: on testbed 2 the full split in float32 took minutes per row (9,673 questions, 256 image tokens each).
@@ -18,8 +18,10 @@ snapshot() {  # tar to a private name, then rename: a reader never sees half a t
   tar cf "/tmp/results.$1.tar" -C $R . && mv -f "/tmp/results.$1.tar" "$OUT/results.tar"
 }
 
-run_spec() {
+gpus=$(nvidia-smi --list-gpus | wc -l)
+run_spec() {  # run_spec SPEC GPU
   local spec=$1 name=${1%%:*} args=${1#*:}
+  export CUDA_VISIBLE_DEVICES=$2
   [ -f "$R/$name.json" ] && { echo "== $name (done before)"; return; }  # a repeated call resumes the sweep
   if [ "$name" = base ]; then
     llava eval $tb --device cuda --dtype "${EVAL_DTYPE:-float32}" --vqa-mode "${BASE_VQA:-both}" --json "$R/base.json" --batch-size 64 > "$R/base.log" 2>&1 || echo "FAILED: base" >> "$R/base.log"
@@ -34,9 +36,10 @@ run_spec() {
   echo "== $name"; tail -2 "$R/$name.log"; snapshot "$name"
 }
 
+i=0
 for spec in "$@"; do
   while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n || true; done
-  run_spec "$spec" &
+  run_spec "$spec" $(( i++ % gpus )) &
 done
 wait || true
 snapshot final
