@@ -8,6 +8,7 @@ Importing the app stays cheap: the commands import torch, transformers and the m
 from __future__ import annotations
 
 import errno
+import gc
 import sys
 
 import typer
@@ -55,3 +56,10 @@ def main() -> None:
             raise
         typer.secho(f"error: {e}. Fix: {_OS_FIXES[e.errno]}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    finally:
+        # The process ends here (typer exits even on success). Interpreter shutdown runs full garbage
+        # collections over every object still alive, mostly the millions that importing torch and
+        # transformers made: 1.1-1.3 s of every command, measured (0.2 s with this). Those collections
+        # skip frozen objects; what they would free, the process's end frees. Every output file is
+        # closed and in place by now (atomic writes), so no finalizer is left with work to do.
+        gc.freeze()

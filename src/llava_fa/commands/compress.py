@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -106,22 +107,46 @@ def compress(
     writer = launched_rank() == 0  # under torchrun, rank 0 alone prints and writes
     err = Console(stderr=True, quiet=quiet or not writer, soft_wrap=True)  # messages stay one line (greppable logs)
     err.print(f"compressing {model} with {rec.method} on {dev}")
+    figure = ReportFigure()
     report = run_with_progress(err, model, rec, out, device=str(dev), dtype=dtype, work_dir=work_dir,
-                               restart=restart, overwrite=overwrite, stream=stream)
+                               restart=restart, overwrite=overwrite, stream=stream, on_report=figure.draw)
     if writer:
-        write_reports(err, report, out, report_json, verbose)
+        write_reports(err, report, out, report_json, verbose, figure)
 
 
-def write_reports(err: Console, report: dict, out: Path, report_json: Optional[Path], verbose: bool) -> None:
-    """The report as --report JSON and a PNG beside the checkpoint; on the terminal, its summary (or,
-    `verbose`, every layer) and where the files are."""
-    from llava_fa.io.files import write_json_atomic
-    from llava_fa.pipeline.report import REPORT_PLOT, write_report_plot
+class ReportFigure:
+    """The report's PNG, drawn by a thread from the moment the report is complete: matplotlib's import
+    and drawing (about 2 s) then overlap the checkpoint's save, whose copy, hashing and fsync mostly
+    run outside the interpreter lock, instead of following it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llava-fa-figure")  # no thread until `draw`
+        self._png: Future | None = None
+
+    def draw(self, report: dict) -> None:
+        from llava_fa.pipeline.report import render_report_plot
+
+        self._png = self._pool.submit(render_report_plot, report)
+
+    def png(self) -> bytes:
+        """The PNG's bytes, once drawn (the drawing's own error, if any, raised here)."""
+        try:
+            return self._png.result()
+        finally:
+            self._pool.shutdown()
+
+
+def write_reports(err: Console, report: dict, out: Path, report_json: Optional[Path], verbose: bool,
+                  figure: ReportFigure) -> None:
+    """The report as --report JSON and its figure as a PNG beside the checkpoint; on the terminal, its
+    summary (or, `verbose`, every layer) and where the files are."""
+    from llava_fa.io.files import atomic_write_bytes, write_json_atomic
+    from llava_fa.pipeline.report import REPORT_PLOT
 
     if report_json is not None:
         write_json_atomic(report_json, report)
     with reported_as_user_errors():
-        write_report_plot(report, out / REPORT_PLOT)
+        atomic_write_bytes(out / REPORT_PLOT, figure.png())
     if not err.quiet:
         Console().print(report_table(report) if verbose else summary_table(report))
     s = report["summary"]

@@ -39,11 +39,14 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
                         stream: bool = True, on_info: Callable[[str], None] | None = None,
                         on_block: Callable[[int, int, str], None] | None = None,
                         on_row: Callable[[LayerReport], None] | None = None,
-                        on_layers: Callable[[int], None] | None = None) -> dict[str, Any]:
+                        on_layers: Callable[[int], None] | None = None,
+                        on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Load, plan, calibrate, compress layer by layer, save atomically. Returns the report.
 
     Progress: `on_layers(n)` once the n selected layers are known, `on_row` after each layer,
-    `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way.
+    `on_block(done, total, label)` after each block, `on_info(message)` for what is said on the way,
+    `on_report(report)` once the report is complete, before the checkpoint is saved (what the caller
+    makes of the report, such as a figure, can overlap the save; the report is not changed after).
     `stream`: decoder layers read from the safetensors files and written one at a time (streaming.py).
     Under torchrun every rank calls it alike (distributed.py); rank 0 alone reports and writes."""
     from llava_fa.io.checkpoint import check_model_folder, quantization_config, save_compressed
@@ -81,18 +84,28 @@ def compress_checkpoint(model_path: str | Path, recipe, out: Path, *, device: st
         if world.writer:
             drop_if_empty(work_dir, resumed)
         raise
+    report = make_report(path, recipe, config, targets, ignore, described, device, rows, t0, clock, world)
+    if world.writer:
+        if on_report:
+            on_report(report)
+        qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
+        with clock("save"):  # after the report: its stage_seconds cover the run up to saving
+            save_compressed(model, out, qconfig, processor, report, overwrite=overwrite, shards=streamer.writer)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    barrier(world)
+    return report
+
+
+def make_report(path: Path, recipe, config: MethodConfig, targets: list[str], ignore: list[str], described: str,
+                device, rows: list[LayerReport], t0: float, clock: StageClock, world) -> dict[str, Any]:
+    """The run's report (compress_report.json): what was compressed how, per layer, and the wall
+    seconds from `t0` (the load) to now, per stage and per rank."""
     report = dict(model=str(path), method=recipe.method, method_config=config.to_dict(), targets=targets, ignore=ignore,
                   calibration=described, device=str(device), environment=environment(), summary=summarize(rows),
                   layers=[r.to_dict() for r in rows], wall_seconds=time.perf_counter() - t0,
                   stage_seconds=clock.rounded(), rank_stage_seconds=gather_stage_seconds(world, clock.rounded()))
     if getattr(recipe, "layer_options", None):  # the per-layer options beside the default method_config
         report["layer_options"] = recipe.layer_options
-    if world.writer:
-        qconfig = quantization_config(model, recipe.method, config.to_dict(), targets, ignore)
-        with clock("save"):  # after the report: its stage_seconds cover the run up to saving
-            save_compressed(model, out, qconfig, processor, report, overwrite=overwrite, shards=streamer.writer)
-        shutil.rmtree(work_dir, ignore_errors=True)
-    barrier(world)
     return report
 
 

@@ -215,10 +215,3 @@ def render_report_plot(report: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def write_report_plot(report: dict[str, Any], path) -> None:
-    """The report's figure, written atomically to `path`."""
-    from llava_fa.io.files import atomic_write_bytes
-
-    atomic_write_bytes(path, render_report_plot(report))
