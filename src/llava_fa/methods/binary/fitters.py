@@ -67,14 +67,17 @@ def refine_x(W, Q, groups, mus, alphas, Bs, S, iters: int = 15):
     the block (the other groups held fixed), then the signs B = sign(W - mu); `iters` rounds.
     `Q` is the current reconstruction (a copy is updated as the groups change)."""
     Q = Q.clone()
+    # What the masks alone fix stays fixed across rounds: computed once (a launch each per round on a GPU).
+    mfs = [m.float() for m in groups]
+    MSs = [mf @ S for mf in mfs]
+    a11s = [(MS * mf).sum(1) for MS, mf in zip(MSs, mfs)]
     for _ in range(iters):
-        for g, m in enumerate(groups):
-            mf = m.float()
+        for g, (mf, MS, a11) in enumerate(zip(mfs, MSs, a11s)):
             own = mf * (mus[g][:, None] + alphas[g][:, None] * Bs[g])
             T = W - Q + own
             Bm = Bs[g] * mf
-            MS, BS = mf @ S, Bm @ S
-            a11, a12, a22 = (MS * mf).sum(1), (MS * Bm).sum(1), (BS * Bm).sum(1)
+            BS = Bm @ S
+            a12, a22 = (MS * Bm).sum(1), (BS * Bm).sum(1)
             r1, r2 = (MS * T).sum(1), (BS * T).sum(1)
             det = a11 * a22 - a12 * a12
             ok = det.abs() > 1e-9 * (a11 * a22).abs().clamp_min(EPS)  # a singular 2x2 keeps the old fit
