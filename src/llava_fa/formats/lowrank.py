@@ -217,8 +217,8 @@ def split_svd(M: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, t
     """Truncated SVD of M: U_r sqrt(S_r) (m, r), sqrt(S_r) V_r^T (r, n) and all singular values.
 
     Through the eigendecomposition of the Gram matrix on M's shorter side, in float64: one product
-    and a symmetric eigensolver instead of a full SVD (8.5x faster for 4096 x 11008 on CPU; the
-    full float64 SVD was most of lqer's and svd-llm's time on a 7B model). Squaring M costs
+    and a symmetric eigensolver instead of a full SVD (the full float64 SVD was most of lqer's time on a
+    7B model; timings in docs/results/scale_h200x2/README.md, fifth run). Squaring M costs
     float64's eps times (S_1 / S_i)^2 in relative accuracy of S_i: far below what the float32
     factors keep for any singular value a truncation keeps."""
     M = M.double()
