@@ -56,10 +56,14 @@ def concat_parts(parts: list[BinaryParts]) -> BinaryParts:
                       cat("salient", 0), cat("res_signs_full", 1), cat("res_scales", 1), cat("res_means", 1),
                       cat("bitmap", 1), cat("outlier_mask", 1), None, cat("outlier_scales", 1))
     if parts[0].outlier_codes is not None:
-        # codes are in row-major order of each block's mask; re-order to row-major of the full mask
-        rows = []
+        # codes are in row-major order of each block's mask; placed on a full grid, read back in row-major
+        # order of the full mask (a few ops per block, not one per row and block)
+        grid = torch.zeros(out.outlier_mask.shape, dtype=parts[0].outlier_codes.dtype,
+                           device=out.outlier_mask.device)
+        start = 0
         for p in parts:
-            counts = p.outlier_mask.sum(1).tolist()
-            rows.append(list(torch.split(p.outlier_codes, counts)))
-        out.outlier_codes = torch.cat([torch.cat([r[i] for r in rows]) for i in range(len(rows[0]))])
+            cols = slice(start, start + p.outlier_mask.shape[1])
+            grid[:, cols][p.outlier_mask] = p.outlier_codes
+            start = cols.stop
+        out.outlier_codes = grid[out.outlier_mask]
     return out
