@@ -157,6 +157,21 @@ def test_bad_weights_fail_before_any_work(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_nan_and_inf_and_survives_an_overflowing_sum(bad):
+    from llava_fa.pipeline.planning import all_finite
+
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(64, 32).to(dtype)
+        assert all_finite(w)
+        w[5, 7] = bad
+        assert not all_finite(w)
+    huge = torch.full((4, 4), 3e38)  # finite, but the float32 sum overflows to inf
+    assert not torch.isfinite(huge.sum()) and all_finite(huge)
+    huge[0, 0] = float("inf") if bad != float("-inf") else bad
+    assert not all_finite(huge)
+
+
 def test_resume_from_the_last_finished_layer(tmp_path):
     samples = [F.llava_inputs(seed=0), F.text_inputs(seed=1)]
     reference = F.llava(layers=3)

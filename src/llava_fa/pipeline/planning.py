@@ -96,11 +96,18 @@ def check_targets(model: nn.Module, names: list[str], method: Method) -> None:
         if not isinstance(mod, nn.Linear):
             raise ConfigError(f"{name} is a {type(mod).__name__}, not a linear layer")
         # A streamed skeleton's weights are on meta until their layer's turn (streaming.py checks them then).
-        if mod.weight.device.type != "meta" and not torch.isfinite(mod.weight).all():
+        if mod.weight.device.type != "meta" and not all_finite(mod.weight):
             bad = int((~torch.isfinite(mod.weight)).sum())
             raise DataError(f"layer {name} has {bad} NaN/Inf weight(s); the model is broken. "
                             f"Fix: check the checkpoint you are compressing")
         method.check_layer(name, mod)
+
+
+def all_finite(weight: torch.Tensor) -> bool:
+    """No NaN or Inf in `weight`. A NaN or Inf makes the float32 sum non-finite, so a finite sum
+    settles it in one reduction (isfinite(...).all() on bfloat16 took 30x longer on CPU); a sum that
+    overflows from finite values alone falls back to the exact test."""
+    return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
 
 
 def plan(model: nn.Module, recipe, parts: Parts | None = None) -> tuple[list[str], list[str], list[str]]:

@@ -136,7 +136,8 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
                          world=world, clock=clock, stream=stream)
     clock.cuda = device.type == "cuda"
     try:
-        stream.before_capture(run)
+        with clock("check weights"):  # streamed: every target read once for NaN/Inf before any work
+            stream.before_capture(run)
         inputs = compress_pre(run)
         stream.after_capture(run)
         for i in range(plan.last_layer(calibrated=bool(samples)) + 1):
@@ -220,13 +221,14 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
     with measuring(block), dense_pass(layer, run.device):
         with run.clock("forward"):
             propagate(layer, hidden, calls, added)
-    layer.to(run.home)
+    with run.clock("offload"):
+        layer.to(run.home)
     if block is not None:
         close_block(run, block)
     with run.clock("save shards"):
         run.stream.leave_layer(run, index)
-    if run.device.type == "cuda":
-        torch.cuda.empty_cache()
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def compress_post(run: CompressionRun, hidden: list[torch.Tensor]) -> None:
