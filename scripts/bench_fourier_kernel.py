@@ -3,7 +3,8 @@
 For each weight shape (Llama-2-7B layers and the testbed's MLP), form and token count it times, in
 the same run: a dense bfloat16 `F.linear` (the uncompressed model), the `fused` backend (rfft of the
 activation + the Triton kernel on the codes + the epilogue in torch; kernels/fourier_matmul.py),
-the kernel alone, and the `spectral` and `dequant` paths it replaces. It prints microseconds per
+the kernel alone, the `spectral` and `dequant` paths it replaces, and at one token of an rfft layer the
+phase-table gemv (kernels/fourier_gemv_phase.py) alone and in the fused path. It prints microseconds per
 call, the speed-up over dense and the bandwidth achieved on the bytes the kernel reads (codes,
 scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
 quantizer on random weights (set_codes of the spectrum, no search): speed does not depend on them.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 
 from llava_fa.formats import fourier_runtime
 from llava_fa.formats.fourier import FourierLinear
+from llava_fa.kernels import fourier_gemv_phase as kp
 from llava_fa.kernels import fourier_matmul as km
 from llava_fa.transforms import fourier as ft
 
@@ -65,6 +68,14 @@ def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
            "dense_us": time_us(lambda: F.linear(x, dense)),
            "fused_us": time_us(lambda: layer(x)),
            "kernel_us": time_us(lambda: km.fourier_matmul(spec, rt, x.dtype))}
+    row["phase_kernel_us"] = row["phase_fused_us"] = None
+    if kp.runs(spec, rt):  # batch 1 of an rfft layer: the phase-table gemv too, side by side
+        zk = km.fourier_matmul(spec, rt, x.dtype)
+        row["phase_rel_diff"] = ((kp.fourier_gemv_phase(spec, rt) - zk).abs().max() / zk.abs().max()).item()
+        row["phase_kernel_us"] = time_us(lambda: kp.fourier_gemv_phase(spec, rt))
+        os.environ["LLAVA_FA_FOURIER_GEMV"] = "phase"
+        row["phase_fused_us"] = time_us(lambda: layer(x))
+        del os.environ["LLAVA_FA_FOURIER_GEMV"]
     for mode in ("spectral", "dequant"):  # they build index masks on the host: no CUDA-graph capture
         layer.forward_mode = mode
         row[f"{mode}_us"] = None if GRAPHS["on"] else time_us(lambda: layer(x))
@@ -104,7 +115,7 @@ def table_line(r: dict, copy_gbs: float) -> str:
     return (f"| {r['out']} x {r['in']} | {r['form']} | {r['bpw']:.2f} | {r['tokens']} | {r['dense_us']:.1f} "
             f"({dense_gbs / copy_gbs:.0%}) | {r['fused_us']:.1f} | {r['dense_us'] / r['fused_us']:.2f}x | "
             f"{r['kernel_us']:.1f} | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%}) | {_us(r['spectral_us'])} | "
-            f"{_us(r['dequant_us'])} |")
+            f"{_us(r['dequant_us'])} | {_us(r['phase_kernel_us'])} | {_us(r['phase_fused_us'])} |")
 
 
 def _us(value: float | None) -> str:
@@ -137,8 +148,8 @@ def main() -> None:
           f"{'CUDA-graph replays (no host overhead, warm L2)' if args.cudagraph else 'host overhead included, cold L2'}; "
           f"copy bandwidth {copy_gbs:.0f} GB/s")
     print("| out x in | form | bpw | tokens | dense bf16 us (of copy bw) | fused us | fused vs dense | kernel us | "
-          "kernel bw | spectral us | dequant us |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "kernel bw | spectral us | dequant us | phase-table kernel us | phase-table fused us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
         rows.append(measure(out_f, in_f, form, tokens))

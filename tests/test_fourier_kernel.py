@@ -106,3 +106,39 @@ def check_tall_weight_tiles_match(device: str) -> None:
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
 def test_tall_weight_tiles_in_the_triton_interpreter():
     run_in_triton_interpreter("import test_fourier_kernel as t; t.check_tall_weight_tiles_match('cpu')")
+
+
+def check_phase_gemv_matches(device: str) -> None:
+    """The phase-table gemv (kernels/fourier_gemv_phase.py) gives the Z of fourier_matmul's gemv on every
+    rfft case (its float32 levels and angles against the pairs' float16: within 2e-3), with the default
+    tiles and with 256 x 64 tiles split 4 ways; a batch of two or an rfft2 layer is refused."""
+    from llava_fa.formats import fourier_runtime
+    from llava_fa.kernels import fourier_gemv_phase as kp
+    from llava_fa.kernels import fourier_matmul as km
+
+    for m, n, params in [c for c in CASES if c[2]["transform"] == "rfft"]:
+        layer = make_layer(m, n, params, device)
+        rt = fourier_runtime.kernel_layout(layer, torch.device(device))
+        spec = torch.fft.rfft(torch.randn(1, n, device=device), dim=-1)
+        ref = km.fourier_matmul(spec, rt, torch.float32)
+        for blocks in (None, km.Blocks(1, 256, 64, 4)):
+            got = kp.fourier_gemv_phase(spec, rt, blocks)
+            assert got.shape == ref.shape
+            assert (got - ref).abs().max() <= 2e-3 * ref.abs().max(), (m, n, params, blocks)
+        assert not kp.runs(torch.cat([spec, spec]), rt)
+    rfft2 = make_layer(*CASES[3][:2], CASES[3][2], device)
+    assert not kp.runs(torch.zeros(1, 11, dtype=torch.complex64), fourier_runtime.kernel_layout(rfft2, torch.device(device)))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
+def test_phase_gemv_in_the_triton_interpreter():
+    run_in_triton_interpreter("import test_fourier_kernel as t; t.check_phase_gemv_matches('cpu')")
+    run_in_triton_interpreter("import os, torch, test_fourier_kernel as t; os.environ['LLAVA_FA_FOURIER_GEMV'] = 'phase'; "
+                              "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_phase_gemv_on_cuda(monkeypatch):
+    check_phase_gemv_matches("cuda")
+    monkeypatch.setenv("LLAVA_FA_FOURIER_GEMV", "phase")
+    check_fused_matches_dequant("cuda", torch.bfloat16, 3e-2)

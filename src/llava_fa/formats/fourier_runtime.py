@@ -20,10 +20,12 @@ rank and ODC scales. Others (cartesian codes, `fft2`, `rfft_out`, `none`) keep t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 
+from llava_fa.kernels import fourier_gemv_phase as phase_kernel
 from llava_fa.kernels import fourier_matmul as kernel
 from llava_fa.quantizers.float16 import from_bits
 from llava_fa.quantizers.packing import pack, unpack
@@ -52,6 +54,9 @@ class KernelLayout:
     in_scale: torch.Tensor  # float32 (n,): the activation's divisor, ODC column scales (or 1) times sqrt(n)
     rows: torch.Tensor | None  # ODC row scales (m,)
     holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
+    mag_bits: int = 0  # the low bits of a code; the rest are the phase's
+    levels2: torch.Tensor | None = None  # float32 (2^mag_bits,): 2 level per magnitude code (kernels/fourier_gemv_phase)
+    phase_cs: torch.Tensor | None = None  # float32 (2^phase_bits, 2): (cos, sin) of each phase code's angle
 
     @property
     def entries(self) -> int:  # codes per packed word
@@ -63,7 +68,7 @@ class KernelLayout:
 
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
-        tensors = [self.codes, self.tables, self.scales, self.group_start, self.group_offset, self.edges,
+        tensors = [self.codes, self.tables, self.levels2, self.phase_cs, self.scales, self.group_start, self.group_offset, self.edges,
                    *(self.lowrank or ()), self.in_scale, *(t for t in (self.rows,) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -98,17 +103,21 @@ def moved_codes(layer) -> KernelLayout | None:
     return next((rt for rt in layer.__dict__.get("_kernel", {}).values() if rt.holds_codes), None)
 
 
-def _tables(layer, device: torch.device) -> torch.Tensor:
-    """For every byte code (mag | phase << b_r) the pair (2 level cos theta, 2 level sin theta) in float16
-    (2: the Parseval weight of a complex entry): one lookup of two adjacent values per entry, at most
-    1 KiB (8 bits). The levels are float16 values already; the products round to 5e-4, below the
-    bf16 dot's rounding."""
+def _polar_parts(layer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2 level per magnitude code (2: the Parseval weight of a complex entry), (cos, sin) per phase
+    code), float64."""
     p = layer.params()
     levels = from_bits(layer.mag_levels).float() if p["levels"] == "lloyd" else uniform_levels(p["mag_bits"], device)
-    theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"])
-    rho = 2 * levels.to(device).double()[None, :]  # (1, 2^b_r): the low bits of the code
-    pairs = torch.stack([rho * torch.cos(theta.double())[:, None], rho * torch.sin(theta.double())[:, None]], -1)
-    # row = phase * 2^b_r + mag = the byte code; each pair one int32 word (re in the low half)
+    theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"]).double()
+    return 2 * levels.to(device).double(), torch.stack([torch.cos(theta), torch.sin(theta)], -1)
+
+
+def _tables(levels2: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    """For every byte code (mag | phase << b_r) the pair (2 level cos theta, 2 level sin theta) in float16:
+    one lookup of two adjacent values per entry, at most 1 KiB (8 bits). The levels are float16 values
+    already; the products round to 5e-4, below the bf16 dot's rounding."""
+    pairs = levels2[None, :, None] * cs[:, None, :]  # (2^b_theta, 2^b_r, 2): row = phase * 2^b_r + mag = the code
+    # each pair one int32 word (re in the low half)
     return pairs.reshape(-1, 2).half().contiguous().view(torch.int32).reshape(-1)
 
 
@@ -161,11 +170,13 @@ def build(layer, device: torch.device) -> KernelLayout:
     # x / (c sqrt(n)): the cast to float32, the ODC columns and the rfft's orthonormal factor in one elementwise kernel
     in_scale = (torch.ones(n, device=device) if cols is None else cols.float()) * math.sqrt(n)
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    return KernelLayout(pack_codes(regular, bits), bits, _tables(layer, device), layer.mag_scales.view(torch.float16),
+    levels2, cs = _polar_parts(layer, device)
+    return KernelLayout(pack_codes(regular, bits), bits, _tables(levels2, cs), layer.mag_scales.view(torch.float16),
                         start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
-                        in_scale, None if rows is None else rows.float())
+                        in_scale, None if rows is None else rows.float(), mag_bits=p["mag_bits"],
+                        levels2=levels2.float(), phase_cs=cs.float().contiguous())
 
 
 def move_codes(layer, rt: KernelLayout) -> None:
@@ -211,7 +222,8 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
     spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
-    z = kernel.fourier_matmul(spec, rt, x.dtype)
+    z = (phase_kernel.fourier_gemv_phase(spec, rt) if batch1_gemv() == "phase" and phase_kernel.runs(spec, rt)
+         else kernel.fourier_matmul(spec, rt, x.dtype))
     if rt.complex_out:
         z = torch.view_as_complex(z)
     if rt.lowrank is not None:
@@ -224,6 +236,17 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if layer.bias is not None:
         y = y + layer.bias.float()
     return y.to(x.dtype).reshape(*lead, layer.out_features)
+
+
+def batch1_gemv() -> str:
+    """Which gemv runs one activation row of an rfft layer: "pairs" (fourier_matmul's table of code pairs,
+    the default) or "phase" (kernels/fourier_gemv_phase.py's per-call phase table), set by the environment
+    variable LLAVA_FA_FOURIER_GEMV until the H200 measurement picks one (scripts/bench_fourier_kernel.py
+    times both side by side)."""
+    choice = os.environ.get("LLAVA_FA_FOURIER_GEMV", "pairs")
+    if choice not in ("pairs", "phase"):
+        raise ValueError(f"LLAVA_FA_FOURIER_GEMV must be pairs or phase, got {choice!r}")
+    return choice
 
 
 def runs(layer, x: torch.Tensor) -> bool:
