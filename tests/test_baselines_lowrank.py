@@ -134,6 +134,22 @@ def test_caldera_beats_its_quantized_part(one_thread):
     assert mod.storage_bits() == (2 * m * n + 18 * m * n // 64) + 4 * r * (m + n) + 20 * r * (m + n) // 64
 
 
+def test_caldera_factors_its_hessian_once_for_every_gptq_step(one_thread, monkeypatch):
+    import llava_fa.methods.caldera as cm
+    from llava_fa.quantizers import hessian
+
+    calls = {"gptq": 0, "factor": 0}
+    gptq, factor = cm.gptq_quantize, hessian.upper_cholesky_of_inverse
+    monkeypatch.setattr(cm, "gptq_quantize", lambda *a, **k: calls.__setitem__("gptq", calls["gptq"] + 1) or gptq(*a, **k))
+    monkeypatch.setattr(hessian, "upper_cholesky_of_inverse",
+                        lambda *a, **k: calls.__setitem__("factor", calls["factor"] + 1) or factor(*a, **k))
+    W, X, st = _data()
+    cm.caldera(W, st.hessian("all"), cm.CALDERAConfig(rank=8))
+    assert calls["gptq"] >= 2 and calls["factor"] == 1, calls
+    with pytest.raises(ValueError, match="act_order"):
+        hessian.prepare_hessian(W, st.hessian("all"), 0.01, act_order=True, hinv_chol=torch.eye(W.shape[1]))
+
+
 @pytest.mark.parametrize("name", ["asvd", "svd-llm", "lqer", "caldera"])
 def test_defaults_compress_a_layer(name, one_thread):
     W, X, st = _data()

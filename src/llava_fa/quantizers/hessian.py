@@ -32,12 +32,16 @@ class PreparedHessian:
 
 
 def prepare_hessian(weight: torch.Tensor, H: torch.Tensor | None, damp: float, *, act_order: bool = False,
-                    method: str = "gptq") -> PreparedHessian:
+                    method: str = "gptq", hinv_chol: torch.Tensor | None = None) -> PreparedHessian:
     """Dead inputs zeroed, columns reordered (with `act_order`), damping added, U computed.
 
     H None stands for the identity (no calibration data: no feedback, salience = W^2). `method`
     names the caller in the DataError raised when the damped H is not positive definite.
+    `hinv_chol`: U from an earlier call with the same H and damp (it depends on nothing else without
+    act-order): callers that run the loop on several weights of one layer (caldera) factor H once.
     """
+    if hinv_chol is not None and act_order:
+        raise ValueError("prepare_hessian: a given hinv_chol is in the original column order; act_order reorders")
     W = weight.detach().float().clone()
     n = W.shape[1]
     H = torch.eye(n, device=W.device) if H is None else H.detach().float().clone().to(W.device)
@@ -51,7 +55,8 @@ def prepare_hessian(weight: torch.Tensor, H: torch.Tensor | None, damp: float, *
         order = torch.argsort(torch.diagonal(H), descending=True)
         W, H = W[:, order], H[order][:, order]
     H += torch.eye(n, device=H.device) * (damp * torch.diagonal(H).mean())
-    return PreparedHessian(W, H, upper_cholesky_of_inverse(H, damp, method), order)
+    U = hinv_chol if hinv_chol is not None else upper_cholesky_of_inverse(H, damp, method)
+    return PreparedHessian(W, H, U, order)
 
 
 def upper_cholesky_of_inverse(H: torch.Tensor, damp: float, method: str) -> torch.Tensor:

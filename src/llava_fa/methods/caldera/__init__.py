@@ -33,6 +33,7 @@ from llava_fa.methods.common import FACTOR_GROUP_HELP, check_affine_options
 from llava_fa.methods.gptq import gptq_quantize
 from llava_fa.methods.svd_llm import whitened_factors
 from llava_fa.quantizers import AffineSpec, dequantize_grouped, quantize_grouped, resolve_group_size
+from llava_fa.quantizers.hessian import prepare_hessian
 
 
 @dataclass
@@ -71,8 +72,10 @@ def caldera(W: torch.Tensor, H: torch.Tensor, c: CALDERAConfig):
     LR = torch.zeros_like(W)
     A = Rq = None
     best = (float("inf"), None)
+    # Every GPTQ step below (Q of m x n, R of r x n) runs on the same H: its factor U once per layer
+    U = prepare_hessian(W, H, c.damp, method="caldera").hinv_chol
     for _ in range(c.iters):
-        qcodes = gptq_quantize(W - LR, H, bits=c.q_bits, group_size=c.group_size, damp=c.damp)
+        qcodes = gptq_quantize(W - LR, H, bits=c.q_bits, group_size=c.group_size, damp=c.damp, hinv_chol=U)
         E = W - dequantize_grouped(*qcodes, resolve_group_size(c.group_size, W.shape[1]))
         if r == 0:
             return qcodes, None, None
@@ -84,7 +87,7 @@ def caldera(W: torch.Tensor, H: torch.Tensor, c: CALDERAConfig):
             G = Lq.T @ Lq
             G += torch.eye(r, dtype=G.dtype, device=G.device) * (1e-6 * torch.diagonal(G).mean().clamp_min(1e-12))
             R = torch.linalg.solve(G, Lq.T @ E.double()).float()
-            rcodes = gptq_quantize(R, H, bits=c.lr_bits, group_size=gb, damp=c.damp)
+            rcodes = gptq_quantize(R, H, bits=c.lr_bits, group_size=gb, damp=c.damp, hinv_chol=U)
             Rq = dequantize_grouped(*rcodes).double()
             M = Rq @ Hd @ Rq.T
             M += torch.eye(r, dtype=M.dtype, device=M.device) * (1e-6 * torch.diagonal(M).mean().clamp_min(1e-12))

@@ -41,15 +41,17 @@ class GPTQ(Method):
 
 
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: int, sym: bool = False,
-                  damp: float = 0.01, block_size: int = 128, act_order: bool = False):
+                  damp: float = 0.01, block_size: int = 128, act_order: bool = False,
+                  hinv_chol: torch.Tensor | None = None):
     """GPTQ on a (out, in) weight with Hessian H (in, in). Returns codes (out, in), scale, zero (out, G).
+    `hinv_chol`: U of the same H and damp from an earlier call (quantizers/hessian.prepare_hessian).
 
     Groups are contiguous in the original column order, also with act-order (their scales are
     fitted up front on the original weight, "static groups"), so the result is a plain `affine`
     layer with no column permutation to store.
     """
     g = resolve_group_size(group_size, weight.shape[1])
-    prepared = prepare_hessian(weight, H, damp, act_order=act_order, method="gptq")
+    prepared = prepare_hessian(weight, H, damp, act_order=act_order, method="gptq", hinv_chol=hinv_chol)
     W, order = prepared.weight, prepared.order
     out_f, n = W.shape
     columns = torch.arange(n, device=W.device) if order is None else order
