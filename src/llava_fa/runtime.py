@@ -7,6 +7,8 @@ third-party libraries.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from llava_fa.errors import ConfigError
@@ -69,4 +71,6 @@ def environment() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}  # "high": TF32 (--dtype tf32)
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),  # "high": TF32 (--dtype tf32)
+            # the experiment switches that change which kernel runs (formats/fourier_runtime.batch1_gemv)
+            "switches": {k: v for k, v in os.environ.items() if k.startswith("LLAVA_FA_") and k.endswith("_GEMV")}}

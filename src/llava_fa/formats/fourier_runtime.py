@@ -222,8 +222,10 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
     spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
-    z = (phase_kernel.fourier_gemv_phase(spec, rt) if batch1_gemv() == "phase" and phase_kernel.runs(spec, rt)
-         else kernel.fourier_matmul(spec, rt, x.dtype))
+    if batch1_gemv() == "phase" and phase_kernel.runs(spec, rt) and rt.lowrank is None:  # epilogue in the kernels
+        y = phase_kernel.fourier_gemv_phase(spec, rt, dtype=x.dtype, rows=rt.rows, bias=layer.bias)
+        return y.reshape(*lead, layer.out_features)
+    z = kernel.fourier_matmul(spec, rt, x.dtype)
     if rt.complex_out:
         z = torch.view_as_complex(z)
     if rt.lowrank is not None:

@@ -13,7 +13,9 @@ turned into a table once per call instead:
 so an entry costs two gathers, each inside one 32-byte sector for a warp's lanes (its 2^b_theta
 values of T for the lanes' common k; the 2^b_r levels), one product and one add, with no float16
 unpacking. T is K x 2^b_theta float32 (64 KiB for a 4096-wide input at 3 phase bits), written by a
-small kernel and read from L1/L2. The codes, scales, edge columns and tiles are those of
+small kernel and read from L1/L2. The K splits store partial sums that one more kernel adds in split
+order, with the layer's epilogue (ODC rows, bias, cast): no zeroing kernel, no atomics, so the output
+is the same every run. The codes, scales, edge columns and tiles are those of
 `fourier_matmul`'s layout (formats/fourier_runtime.py); only rfft layers (real output) run here.
 """
 
@@ -25,6 +27,7 @@ from llava_fa.kernels.fourier_matmul import Blocks, default_blocks
 from llava_fa.kernels.triton_support import require_triton, tl, triton
 
 TABLE_BLOCK = 128  # entries per program of the table kernel
+REDUCE_BLOCK = 256  # output rows per program of the split-K reduction
 
 
 if triton is not None:
@@ -102,10 +105,23 @@ if triton is not None:
             with_edges, _ = _edge_terms(spec_ptr, edge_ptr, rb, rm, 1, M, 0, edge0, edge1, total[None, :], zero,
                                         N_EDGE, False)
             total = tl.reshape(with_edges, (BLOCK_M,))
-        if SPLIT_K == 1:
-            tl.store(out_ptr + rm, total, mask=rm < M)
-        else:
-            tl.atomic_add(out_ptr + rm, total, mask=rm < M, sem="relaxed")
+        tl.store(out_ptr + split * M + rm, total, mask=rm < M)  # this split's partial sums, (SPLIT_K, M)
+
+    @triton.jit
+    def _reduce_kernel(part_ptr, rows_ptr, bias_ptr, out_ptr, M, SPLIT_K: tl.constexpr, HAS_ROWS: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+        """y = (sum of the splits' partials, in split order) / rows + bias, in out_ptr's dtype: the zeroing,
+        the atomics and the cast of fourier_matmul's split-K in one kernel, and the same sums every run."""
+        rm = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = rm < M
+        total = tl.load(part_ptr + rm, mask=live, other=0.0)
+        for s in tl.static_range(1, SPLIT_K):
+            total += tl.load(part_ptr + s * M + rm, mask=live, other=0.0)
+        if HAS_ROWS:
+            total = total / tl.load(rows_ptr + rm, mask=live, other=1.0)
+        if HAS_BIAS:
+            total += tl.load(bias_ptr + rm, mask=live, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rm, total.to(out_ptr.dtype.element_ty), mask=live)
 
 
 def runs(spec: torch.Tensor, rt) -> bool:
@@ -113,9 +129,11 @@ def runs(spec: torch.Tensor, rt) -> bool:
     return spec.shape[0] == 1 and not rt.complex_out
 
 
-def fourier_gemv_phase(spec: torch.Tensor, rt, blocks: Blocks | None = None) -> torch.Tensor:
+def fourier_gemv_phase(spec: torch.Tensor, rt, blocks: Blocks | None = None, *, dtype: torch.dtype = torch.float32,
+                       rows: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Z (1, m) float32 from the activation spectrum `spec` (1, h) complex64 and the kernel layout `rt`
-    (formats/fourier_runtime.KernelLayout), as `fourier_matmul` returns it for an rfft layer."""
+    (formats/fourier_runtime.KernelLayout), as `fourier_matmul` returns it for an rfft layer; or with the
+    epilogue of an rfft layer without low-rank part, y = Z / rows + bias in `dtype`."""
     require_triton("fourier")
     if not runs(spec, rt):
         raise ValueError("fourier_gemv_phase takes one activation row of an rfft layer; use fourier_matmul")
@@ -127,12 +145,17 @@ def fourier_gemv_phase(spec: torch.Tensor, rt, blocks: Blocks | None = None) -> 
     table = torch.empty(k_alloc, nph, device=spec.device, dtype=torch.float32)
     _phase_table_kernel[(triton.cdiv(k_alloc, TABLE_BLOCK),)](pairs, rt.phase_cs, table, rt.k_reg, k_alloc,
                                                              NPH=nph, BLOCK=TABLE_BLOCK)
-    out = (torch.zeros if bl.split_k > 1 else torch.empty)((1, m), device=spec.device, dtype=torch.float32)
+    partials = torch.empty((bl.split_k, m), device=spec.device, dtype=torch.float32)
     edges = list(rt.edge_cols) + [0, 0]
     _gemv_phase_kernel[(triton.cdiv(m, bl.m), bl.split_k)](
-        pairs, table, rt.codes, rt.levels2, rt.scales, rt.group_start, rt.group_offset, rt.edges, out, m, rt.k_reg,
+        pairs, table, rt.codes, rt.levels2, rt.scales, rt.group_start, rt.group_offset, rt.edges, partials, m, rt.k_reg,
         chunk, rt.codes.stride(0), edges[0], edges[1], n_words, GROUP=rt.group,
         ALIGNED=rt.aligned and rt.group % bl.k == 0, MAG_BITS=rt.mag_bits, BITS=rt.bits, ENTRIES=rt.entries,
         WORD_BYTES=rt.word_bytes, NPH=nph, N_EDGE=len(rt.edge_cols), SPLIT_K=bl.split_k, ASM_GATHER=spec.is_cuda,
         BLOCK_M=bl.m, BLOCK_K=bl.k, num_warps=bl.warps, num_stages=bl.stages)
+    out = torch.empty((1, m), device=spec.device, dtype=dtype)
+    _reduce_kernel[(triton.cdiv(m, REDUCE_BLOCK),)](partials, partials if rows is None else rows,
+                                                     partials if bias is None else bias, out, m, SPLIT_K=bl.split_k,
+                                                     HAS_ROWS=rows is not None, HAS_BIAS=bias is not None,
+                                                     BLOCK=REDUCE_BLOCK)
     return out
