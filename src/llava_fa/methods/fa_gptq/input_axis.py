@@ -20,8 +20,15 @@ across both columns, so their steps must be fixed together. Then one segment per
 (group_size consecutive frequencies of a row): its scales are fixed when the loop reaches it, on
 its columns as the feedback so far left them (lazy blocks aligned with the groups, so no pending
 feedback is missed). Inside a segment the unit is a column (real) or a (Re, Im) pair rounded
-jointly by `polar_round`; a unit's error E (rows, w) is pushed on with GPTVQ's block rule
-E U_BB^-1 U_B,rest (U: upper Cholesky factor of H_s^-1), for w = 1 exactly GPTQ's.
+jointly by PolarQuant (`pair_round`); a unit's error E (rows, w) is pushed on with GPTVQ's block
+rule E U_BB^-1 U_B,rest (U: upper Cholesky factor of H_s^-1), for w = 1 exactly GPTQ's.
+
+A complex segment runs as one Triton kernel where it can (kernels/fa_gptq_segment.py: on a GPU the
+loop below is ~57 small ops per pair, launch-bound), else as the loop. Both store the same codes, so
+the pair step is written in operations Triton repeats bit for bit: the phase is the direction of
+largest projection re cos + im sin over a table of the 2^b directions (the nearest in angle, without
+atan2), its cos/sin read from that table (taken once by torch), and the 2x2 triangular solve and the
+rank-2 update spelled out as single float32 roundings (no BLAS, no fused multiply-add).
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from typing import Any
 import torch
 
 from llava_fa.formats.fourier_layout import Layout, SpectrumCodes
+from llava_fa.kernels import fa_gptq_segment
 from llava_fa.quantizers.float16 import f16_up
 from llava_fa.quantizers.hessian import upper_cholesky_of_inverse
-from llava_fa.quantizers.polar import (flat_groups, group_max, midrise_codes, midrise_values, phase_values,
-                                       polar_quantize, polar_round)
+from llava_fa.quantizers.polar import (flat_groups, group_max, midrise_codes, midrise_values, nearest_level,
+                                       phase_values, polar_quantize)
 from llava_fa.transforms import fourier as ft
 
 
@@ -122,21 +130,90 @@ def block_feedback(C: torch.Tensor, U: torch.Tensor, rounder: "PairRounder") -> 
     columns of B are rounded jointly, so none of them sees another's error first: that is what
     inverting the whole diagonal block accounts for). E U_B,later goes onto the later columns of the
     segment at once, onto the columns past it once per segment (lazy batch: same sums, less traffic).
-    Returns the rounded columns."""
+    A complex segment runs in one kernel launch where Triton runs on C's device. Returns the rounded
+    columns."""
     Q = torch.zeros_like(C)
     for seg, (a, b, w) in enumerate(rounder.segments()):
-        C1 = C[:, a:b].clone()  # already holds every earlier segment's feedback
-        rounder.fit(C1, seg)
-        errors = torch.zeros_like(C1)
-        for i in range(0, b - a, w):
-            j, k = a + i, a + i + w
-            q = rounder.round(C1[:, i:i + w], seg, i // w)
-            Q[:, j:k] = q
-            err = torch.linalg.solve_triangular(U[j:k, j:k], C1[:, i:i + w] - q, upper=True, left=False)
-            C1[:, i + w:] -= err @ U[j:k, k:b]
-            errors[:, i:i + w] = err
+        if w == 2 and fa_gptq_segment.can_run(C, U, b - a):
+            rounder.fit(C[:, a:b], seg)  # the kernel reads the segment, never writes it: no copy
+            errors = rounder.kernel_segment(C[:, a:b], U[a:b, a:b], seg, Q[:, a:b])
+        else:
+            C1 = C[:, a:b].clone()  # already holds every earlier segment's feedback
+            rounder.fit(C1, seg)
+            errors = (real_steps if w == 1 else pair_steps)(C1, U, a, rounder, seg, Q)
         C[:, b:] -= errors @ U[a:b, b:]
     return Q
+
+
+def real_steps(C1: torch.Tensor, U: torch.Tensor, a: int, rounder: "PairRounder", seg: int,
+               Q: torch.Tensor) -> torch.Tensor:
+    """The steps of a real segment (w = 1, GPTQ's) on its columns C1 (changed), at column a of C;
+    writes Q, returns the errors (rows, b - a)."""
+    b = a + C1.shape[1]
+    errors = torch.zeros_like(C1)
+    for i in range(b - a):
+        j, k = a + i, a + i + 1
+        q = rounder.round(C1[:, i:i + 1], seg, i)
+        Q[:, j:k] = q
+        err = torch.linalg.solve_triangular(U[j:k, j:k], C1[:, i:i + 1] - q, upper=True, left=False)
+        C1[:, i + 1:] -= err @ U[j:k, k:b]
+        errors[:, i:i + 1] = err
+    return errors
+
+
+def pair_steps(C1: torch.Tensor, U: torch.Tensor, a: int, rounder: "PairRounder", seg: int,
+               Q: torch.Tensor) -> torch.Tensor:
+    """The steps of a complex segment (w = 2) as the kernel runs them, one float32 rounding per
+    operation in the kernel's order: E = D U_BB^-1 solved by hand (e0 = d0 / u00, e1 = (d1 - e0 u01)
+    / u11) and E U_B,later as e0 u_j + e1 u_j+1 (a BLAS matmul or solve could fuse or reorder)."""
+    b = a + C1.shape[1]
+    errors = torch.zeros_like(C1)
+    for i in range(0, b - a, 2):
+        j, k = a + i, a + i + 2
+        q = rounder.round(C1[:, i:i + 2], seg, i // 2)
+        Q[:, j:k] = q
+        d = C1[:, i:i + 2] - q
+        e0 = d[:, 0] / U[j, j]
+        e1 = (d[:, 1] - e0 * U[j, j + 1]) / U[j + 1, j + 1]
+        C1[:, i + 2:] -= e0[:, None] * U[j, k:b] + e1[:, None] * U[j + 1, k:b]
+        errors[:, i], errors[:, i + 1] = e0, e1
+    return errors
+
+
+# --- PolarQuant of (Re, Im) pairs, in operations the kernel repeats ---------------------------------
+
+def direction_table(phase_bits: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, cos, sin) of the 2^b phase directions, in the order the phase search tries them.
+
+    From phase 0 (code 2^(b-1)) round to -pi + 2pi/2^b (code 2^(b-1) - 1): a value 0 (every
+    projection 0, the first wins) keeps phase 0, as torch.angle gave it. cos and sin are taken once,
+    here, by torch (the directions polar_dequantize decodes to); loop and kernel both read them."""
+    nph = 1 << phase_bits
+    codes = (torch.arange(nph, device=device) + nph // 2) % nph
+    d = torch.polar(torch.ones(nph, device=device), phase_values(codes, phase_bits))
+    return codes, d.real.contiguous(), d.imag.contiguous()
+
+
+def nearest_phase(re: torch.Tensor, im: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phase codes, component along the code's direction, table index) of re + i im: the direction
+    of largest projection re cos + im sin = |z| cos(theta - theta_k), i.e. the nearest phase level;
+    the first in table order on a tie. The component is >= 0 (clamped as PolarQuant does)."""
+    codes, cos, sin = table
+    along, t = (re[..., None] * cos + im[..., None] * sin).max(-1)  # max(dim): the first maximal index
+    return codes[t], along.clamp_min(0), t
+
+
+def pair_round(re: torch.Tensor, im: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor,
+               table: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PolarQuant of re + i im at per-row scales: (magnitude codes, phase codes, Re and Im of the
+    values levels[mag] * scale * direction). The magnitude code is the nearest level to the
+    component along the rounded phase, divided by the scale (polar_round's rule)."""
+    phase, along, t = nearest_phase(re, im, table)
+    mag = nearest_level((along / scale).clamp(0, 1), levels)
+    rho = levels[mag] * scale
+    return mag, phase, rho * table[1][t], rho * table[2][t]
 
 
 class PairRounder:
@@ -158,6 +235,8 @@ class PairRounder:
         self.real_codes = torch.zeros(m, self.s, dtype=torch.int64, device=dev)
         self.real_steps = torch.zeros(0, device=dev)
         self._step = self._scale = None
+        self.table = direction_table(params["phase_bits"], dev)
+        self.bounds = (levels[1:] + levels[:-1]) / 2  # nearest_level's, for the kernel
 
     def segments(self) -> list[tuple[int, int, int]]:
         """(first column, end, unit width) of each segment in loop order."""
@@ -177,10 +256,8 @@ class PairRounder:
             self.real_steps = f16_up(2 * group_max(flat.abs(), groups) / ((1 << bits) - 1))
             self._step = self.real_steps[groups.gid].reshape(C1.shape)
             return
-        z = torch.view_as_complex(C1.reshape(self.m, -1, 2).contiguous())
-        _, phase, _ = polar_round(z, torch.ones_like(z.real), self.levels, self.p["phase_bits"])
-        along = (z * torch.polar(torch.ones_like(z.real), -phase_values(phase, self.p["phase_bits"]))).real
-        self._scale = f16_up(along.clamp_min(0).amax(1))
+        _, along, _ = nearest_phase(C1[:, 0::2], C1[:, 1::2], self.table)
+        self._scale = f16_up(along.amax(1))
         self.scales[:, self._group(seg)] = self._scale
 
     def round(self, unit: torch.Tensor, seg: int, index: int) -> torch.Tensor:
@@ -190,10 +267,17 @@ class PairRounder:
             self.real_codes[:, index] = midrise_codes(unit[:, 0], step, bits)
             return midrise_values(self.real_codes[:, index], step, bits)[:, None]
         col = self._group(seg) * self.g + index
-        mag, phase, values = polar_round(torch.complex(unit[:, 0], unit[:, 1]), self._scale, self.levels,
-                                         self.p["phase_bits"])
+        mag, phase, re, im = pair_round(unit[:, 0], unit[:, 1], self._scale, self.levels, self.table)
         self.mag[:, col], self.phase[:, col] = mag, phase
-        return torch.stack([values.real, values.imag], 1)
+        return torch.stack([re, im], 1)
+
+    def kernel_segment(self, C1: torch.Tensor, U1: torch.Tensor, seg: int, Q1: torch.Tensor) -> torch.Tensor:
+        """All the pair steps of complex segment `seg` (C1: its columns, read; U1: U's block over them;
+        Q1: Q's columns there, written) in one kernel launch; returns the segment's errors."""
+        col = self._group(seg) * self.g
+        pairs = C1.shape[1] // 2
+        return fa_gptq_segment.pair_segment(C1, U1, self._scale, self.levels, self.bounds, self.table[1:],
+                                            self.mag[:, col:col + pairs], self.phase[:, col:col + pairs], Q1)
 
     def codes(self) -> SpectrumCodes:
         """The codes in the format's order: row-major over the grid's complex (real) entries."""
