@@ -4,7 +4,8 @@ For each weight shape (Llama-2-7B layers and the testbed's MLP), form and token 
 the same run: a dense bfloat16 `F.linear` (the uncompressed model), the `fused` backend (rfft of the
 activation + the Triton kernel on the codes + the epilogue in torch; kernels/fourier_matmul.py),
 the kernel alone, the `spectral` and `dequant` paths it replaces, and at one token of an rfft layer the
-phase-table gemv (kernels/fourier_gemv_phase.py) alone and in the fused path. It prints microseconds per
+phase-table gemv (kernels/fourier_gemv_phase.py) alone and in the fused path, and from 17 tokens on the
+prefill as one GEMM on the spectrum decoded per call (kernels/fourier_dense.py). It prints microseconds per
 call, the speed-up over dense and the bandwidth achieved on the bytes the kernel reads (codes,
 scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
 quantizer on random weights (set_codes of the spectrum, no search): speed does not depend on them.
@@ -25,6 +26,7 @@ from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 
 from llava_fa.formats import fourier_runtime
 from llava_fa.formats.fourier import FourierLinear
+from llava_fa.kernels import fourier_dense as kd
 from llava_fa.kernels import fourier_gemv_phase as kp
 from llava_fa.kernels import fourier_matmul as km
 from llava_fa.transforms import fourier as ft
@@ -68,7 +70,12 @@ def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
            "dense_us": time_us(lambda: F.linear(x, dense)),
            "fused_us": time_us(lambda: layer(x)),
            "kernel_us": time_us(lambda: km.fourier_matmul(spec, rt, x.dtype))}
-    row["phase_kernel_us"] = row["phase_fused_us"] = None
+    row["phase_kernel_us"] = row["phase_fused_us"] = row["dense_prefill_us"] = None
+    if tokens >= fourier_runtime.PREFILL_TOKENS and kd.runs(rt):  # prefill: one GEMM on the decoded spectrum too
+        zk = km.fourier_matmul(spec, rt, x.dtype)
+        row["dense_prefill_rel_diff"] = ((kd.fourier_dense_matmul(spec, rt, x.dtype) - zk).abs().max()
+                                         / zk.abs().max()).item()
+        row["dense_prefill_us"] = time_us(lambda: kd.fourier_dense_matmul(spec, rt, x.dtype))
     if kp.runs(spec, rt):  # batch 1 of an rfft layer: the phase-table gemv too, side by side
         zk = km.fourier_matmul(spec, rt, x.dtype)
         row["phase_rel_diff"] = ((kp.fourier_gemv_phase(spec, rt) - zk).abs().max() / zk.abs().max()).item()
@@ -115,7 +122,8 @@ def table_line(r: dict, copy_gbs: float) -> str:
     return (f"| {r['out']} x {r['in']} | {r['form']} | {r['bpw']:.2f} | {r['tokens']} | {r['dense_us']:.1f} "
             f"({dense_gbs / copy_gbs:.0%}) | {r['fused_us']:.1f} | {r['dense_us'] / r['fused_us']:.2f}x | "
             f"{r['kernel_us']:.1f} | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%}) | {_us(r['spectral_us'])} | "
-            f"{_us(r['dequant_us'])} | {_us(r['phase_kernel_us'])} | {_us(r['phase_fused_us'])} |")
+            f"{_us(r['dequant_us'])} | {_us(r['phase_kernel_us'])} | {_us(r['phase_fused_us'])} | "
+            f"{_us(r['dense_prefill_us'])} |")
 
 
 def _us(value: float | None) -> str:
@@ -148,8 +156,9 @@ def main() -> None:
           f"{'CUDA-graph replays (no host overhead, warm L2)' if args.cudagraph else 'host overhead included, cold L2'}; "
           f"copy bandwidth {copy_gbs:.0f} GB/s")
     print("| out x in | form | bpw | tokens | dense bf16 us (of copy bw) | fused us | fused vs dense | kernel us | "
-          "kernel bw | spectral us | dequant us | phase-table kernel us | phase-table fused us |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "kernel bw | spectral us | dequant us | phase-table kernel us | phase-table fused us | "
+          "dense-prefill kernel + GEMM us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
         rows.append(measure(out_f, in_f, form, tokens))

@@ -143,3 +143,45 @@ def test_phase_gemv_on_cuda(monkeypatch):
     check_phase_gemv_matches("cuda")
     monkeypatch.setenv("LLAVA_FA_FOURIER_GEMV", "phase")
     check_fused_matches_dequant("cuda", torch.bfloat16, 3e-2)
+
+
+def check_dense_prefill_matches(device: str) -> None:
+    """The prefill as one GEMM on the decoded spectrum (kernels/fourier_dense.py) gives fourier_matmul's Z
+    on every rfft case at 20 tokens (the same float16 code pairs; float32 here), and refuses rfft2."""
+    from llava_fa.formats import fourier_runtime
+    from llava_fa.kernels import fourier_dense as kd
+    from llava_fa.kernels import fourier_matmul as km
+
+    for m, n, params in [c for c in CASES if c[2]["transform"] == "rfft"]:
+        layer = make_layer(m, n, params, device)
+        rt = fourier_runtime.kernel_layout(layer, torch.device(device))
+        spec = torch.fft.rfft(torch.randn(20, n, device=device), dim=-1)
+        ref = km.fourier_matmul(spec, rt, torch.float32)
+        got = kd.fourier_dense_matmul(spec, rt, torch.float32)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), (m, n, params)
+    rfft2 = make_layer(*CASES[3][:2], CASES[3][2], device)
+    assert not kd.runs(fourier_runtime.kernel_layout(rfft2, torch.device(device)))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
+def test_dense_prefill_in_the_triton_interpreter():
+    run_in_triton_interpreter("import test_fourier_kernel as t; t.check_dense_prefill_matches('cpu')")
+    run_in_triton_interpreter("import os, torch, test_fourier_kernel as t; "
+                              "os.environ['LLAVA_FA_FOURIER_PREFILL'] = 'dense'; "
+                              "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dense_prefill_on_cuda(monkeypatch):
+    check_dense_prefill_matches("cuda")
+    monkeypatch.setenv("LLAVA_FA_FOURIER_PREFILL", "dense")
+    check_fused_matches_dequant("cuda", torch.bfloat16, 3e-2)
+
+
+def test_switches_refuse_unknown_values(monkeypatch):
+    from llava_fa.formats import fourier_runtime
+
+    monkeypatch.setenv("LLAVA_FA_FOURIER_PREFILL", "fast")
+    with pytest.raises(ValueError, match="LLAVA_FA_FOURIER_PREFILL must be one of tiles, dense"):
+        fourier_runtime.switch("LLAVA_FA_FOURIER_PREFILL")

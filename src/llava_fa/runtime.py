@@ -72,5 +72,5 @@ def environment() -> dict:
             "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),  # "high": TF32 (--dtype tf32)
-            # the experiment switches that change which kernel runs (formats/fourier_runtime.batch1_gemv)
-            "switches": {k: v for k, v in os.environ.items() if k.startswith("LLAVA_FA_") and k.endswith("_GEMV")}}
+            # the experiment switches that change which kernel runs (formats/fourier_runtime.SWITCHES)
+            "switches": {k: v for k, v in os.environ.items() if k.startswith("LLAVA_FA_FOURIER_")}}

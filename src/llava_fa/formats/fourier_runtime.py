@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llava_fa.kernels import fourier_dense as dense_kernel
 from llava_fa.kernels import fourier_gemv_phase as phase_kernel
 from llava_fa.kernels import fourier_matmul as kernel
 from llava_fa.quantizers.float16 import from_bits
@@ -68,7 +69,8 @@ class KernelLayout:
 
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
-        tensors = [self.codes, self.tables, self.levels2, self.phase_cs, self.scales, self.group_start, self.group_offset, self.edges,
+        tensors = [self.codes, self.tables, self.levels2, self.phase_cs, self.scales, self.group_start,
+                   self.group_offset, self.edges,
                    *(self.lowrank or ()), self.in_scale, *(t for t in (self.rows,) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -222,10 +224,13 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
     spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
-    if batch1_gemv() == "phase" and phase_kernel.runs(spec, rt) and rt.lowrank is None:  # epilogue in the kernels
-        y = phase_kernel.fourier_gemv_phase(spec, rt, dtype=x.dtype, rows=rt.rows, bias=layer.bias)
+    if switch("LLAVA_FA_FOURIER_GEMV") == "phase" and phase_kernel.runs(spec, rt) and rt.lowrank is None:
+        y = phase_kernel.fourier_gemv_phase(spec, rt, dtype=x.dtype, rows=rt.rows, bias=layer.bias)  # epilogue in it
         return y.reshape(*lead, layer.out_features)
-    z = kernel.fourier_matmul(spec, rt, x.dtype)
+    if spec.shape[0] >= PREFILL_TOKENS and switch("LLAVA_FA_FOURIER_PREFILL") == "dense" and dense_kernel.runs(rt):
+        z = dense_kernel.fourier_dense_matmul(spec, rt, x.dtype)
+    else:
+        z = kernel.fourier_matmul(spec, rt, x.dtype)
     if rt.complex_out:
         z = torch.view_as_complex(z)
     if rt.lowrank is not None:
@@ -240,15 +245,21 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype).reshape(*lead, layer.out_features)
 
 
-def batch1_gemv() -> str:
-    """Which gemv runs one activation row of an rfft layer: "pairs" (fourier_matmul's table of code pairs,
-    the default) or "phase" (kernels/fourier_gemv_phase.py's per-call phase table), set by the environment
-    variable LLAVA_FA_FOURIER_GEMV until the H200 measurement picks one (scripts/bench_fourier_kernel.py
-    times both side by side)."""
-    choice = os.environ.get("LLAVA_FA_FOURIER_GEMV", "pairs")
-    if choice not in ("pairs", "phase"):
-        raise ValueError(f"LLAVA_FA_FOURIER_GEMV must be pairs or phase, got {choice!r}")
-    return choice
+# Experiment switches (environment variables; the first choice is the default) until the H200 picks one:
+# which gemv runs one activation row of an rfft layer (fourier_matmul's table of code pairs, or
+# kernels/fourier_gemv_phase.py's per-call phase table), and how an rfft layer runs more than 16 tokens
+# (fourier_matmul's tiles, or one GEMM on the spectrum decoded per call, kernels/fourier_dense.py).
+# scripts/bench_fourier_kernel.py times them side by side; records name the switches set.
+SWITCHES = {"LLAVA_FA_FOURIER_GEMV": ("pairs", "phase"), "LLAVA_FA_FOURIER_PREFILL": ("tiles", "dense")}
+PREFILL_TOKENS = 17  # from here on fourier_matmul runs its prefill tiles (default_blocks)
+
+
+def switch(name: str) -> str:
+    choices = SWITCHES[name]
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def runs(layer, x: torch.Tensor) -> bool:
