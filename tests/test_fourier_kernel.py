@@ -131,20 +131,6 @@ def check_phase_gemv_matches(device: str) -> None:
     assert not kp.runs(torch.zeros(1, 11, dtype=torch.complex64), fourier_runtime.kernel_layout(rfft2, torch.device(device)))
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
-def test_phase_gemv_in_the_triton_interpreter():
-    run_in_triton_interpreter("import test_fourier_kernel as t; t.check_phase_gemv_matches('cpu')")
-    run_in_triton_interpreter("import os, torch, test_fourier_kernel as t; os.environ['LLAVA_FA_FOURIER_GEMV'] = 'phase'; "
-                              "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3)")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_phase_gemv_on_cuda(monkeypatch):
-    check_phase_gemv_matches("cuda")
-    monkeypatch.setenv("LLAVA_FA_FOURIER_GEMV", "phase")
-    check_fused_matches_dequant("cuda", torch.bfloat16, 3e-2)
-
-
 def check_dense_prefill_matches(device: str) -> None:
     """The prefill as one GEMM on the decoded spectrum (kernels/fourier_dense.py) gives fourier_matmul's Z
     on every rfft case at 20 tokens (the same float16 code pairs; float32 here), and refuses rfft2."""
@@ -164,18 +150,24 @@ def check_dense_prefill_matches(device: str) -> None:
     assert not kd.runs(fourier_runtime.kernel_layout(rfft2, torch.device(device)))
 
 
+# (the kernel check of each alternative, then the whole fused forward with its switch set)
+ALTERNATIVES = [("check_phase_gemv_matches", "LLAVA_FA_FOURIER_GEMV", "phase"),
+                ("check_dense_prefill_matches", "LLAVA_FA_FOURIER_PREFILL", "dense")]
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (CPU build of torch)")
-def test_dense_prefill_in_the_triton_interpreter():
-    run_in_triton_interpreter("import test_fourier_kernel as t; t.check_dense_prefill_matches('cpu')")
-    run_in_triton_interpreter("import os, torch, test_fourier_kernel as t; "
-                              "os.environ['LLAVA_FA_FOURIER_PREFILL'] = 'dense'; "
+@pytest.mark.parametrize("check,switch,value", ALTERNATIVES)
+def test_alternatives_in_the_triton_interpreter(check, switch, value):
+    run_in_triton_interpreter(f"import test_fourier_kernel as t; t.{check}('cpu')")
+    run_in_triton_interpreter(f"import os, torch, test_fourier_kernel as t; os.environ['{switch}'] = '{value}'; "
                               "t.check_fused_matches_dequant('cpu', torch.float32, 2e-3)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_dense_prefill_on_cuda(monkeypatch):
-    check_dense_prefill_matches("cuda")
-    monkeypatch.setenv("LLAVA_FA_FOURIER_PREFILL", "dense")
+@pytest.mark.parametrize("check,switch,value", ALTERNATIVES)
+def test_alternatives_on_cuda(check, switch, value, monkeypatch):
+    globals()[check]("cuda")
+    monkeypatch.setenv(switch, value)
     check_fused_matches_dequant("cuda", torch.bfloat16, 3e-2)
 
 
