@@ -145,7 +145,8 @@ LATER_STUDIES = (
     ("allocation_cpu/README.md", "per-layer bit allocation (`llava-fa allocate`) against uniform GPTQ (bounded eval)"),
     ("memory_bounded_cpu.md", "peak memory of streamed compression on a random 1B Llama"),
     ("memory_bounded_load_cpu.md", "peak memory of loading and evaluating compressed folders"),
-    ("scale_h200x2/README.md", "distributed compression of a 7B-shaped decoder on 1 and 2 H200s (GPU)"),
+    ("scale_h200x2/README.md", "every method's wall time and peak GPU memory on a 7B-shaped decoder (one H200), and "
+                              "distributed compression on 1 and 2 H200s (GPU)"),
 )
 
 
