@@ -12,6 +12,7 @@ import pytest
 import torch
 from triton_interpreter import run_in_triton_interpreter
 
+from llava_fa.errors import ConfigError
 from llava_fa.formats.fourier import FourierLinear
 from llava_fa.methods.fa import fit_layer
 
@@ -175,5 +176,5 @@ def test_switches_refuse_unknown_values(monkeypatch):
     from llava_fa.formats import fourier_runtime
 
     monkeypatch.setenv("LLAVA_FA_FOURIER_PREFILL", "fast")
-    with pytest.raises(ValueError, match="LLAVA_FA_FOURIER_PREFILL must be one of tiles, dense"):
+    with pytest.raises(ConfigError, match="LLAVA_FA_FOURIER_PREFILL must be one of tiles, dense"):
         fourier_runtime.switch("LLAVA_FA_FOURIER_PREFILL")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llava_fa.errors import ConfigError
 from llava_fa.kernels import fourier_dense as dense_kernel
 from llava_fa.kernels import fourier_gemv_phase as phase_kernel
 from llava_fa.kernels import fourier_matmul as kernel
@@ -258,7 +259,8 @@ def switch(name: str) -> str:
     choices = SWITCHES[name]
     value = os.environ.get(name, choices[0])
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}. Fix: set it to one of "
+                          f"those or unset it (default {choices[0]})")
     return value
 
 
