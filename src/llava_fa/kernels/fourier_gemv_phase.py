@@ -10,9 +10,9 @@ turned into a table once per call instead:
     T[k, p] = cos(theta_p) Re X_{k+1} + sin(theta_p) Im X_{k+1}        (2^b_theta values per entry k)
     y_j     = sum_groups scale * sum_k L2[mag_jk] * T[k, phase_jk]     (L2 = 2 level: the Parseval weight)
 
-so an entry costs two gathers, each inside one 32-byte sector for a warp's lanes (its 2^b_theta
-values of T for the lanes' common k; the 2^b_r levels), one product and one add, with no float16
-unpacking. T is K x 2^b_theta float32 (64 KiB for a 4096-wide input at 3 phase bits), written by a
+so an entry costs two gathers within 4 * 2^b bytes each for a warp's lanes (the 2^b_theta values of
+T at the lanes' common k; the 2^b_r levels): one 32-byte sector at 3 bits, two at 4. Then one product
+and one add, with no float16 unpacking. T is K x 2^b_theta float32 (64 KiB for a 4096-wide input at 3 phase bits), written by a
 small kernel and read from L1/L2. The K splits store partial sums that one more kernel adds in split
 order, with the layer's epilogue (ODC rows, bias, cast): no zeroing kernel, no atomics, so the output
 is the same every run. The codes, scales, edge columns and tiles are those of
