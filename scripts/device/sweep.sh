@@ -3,6 +3,8 @@
 # test split and all of WikiText-2, against the uncompressed testbed. Results (NAME.json, NAME.report.json,
 # NAME.log) collect in /tmp/res and are tarred into $OUT/results.tar after each run (few files come back).
 # A spec whose NAME.json is already in /tmp/res is skipped: repeat the call to resume (machine warm).
+# Across sessions (a fresh machine): unpack the results.tar that came back into .carry/sweep_res/ here and
+# carry that folder; its rows are copied into /tmp/res first and skipped.
 # JOBS=N runs N specs at a time, dealt to the machine's GPUs in turn (the testbed is small; compression
 # seconds then include the contention, so time single layers with scripts/bench_layer.py instead).
 # TESTBED_LM=qwen2.5-0.5b sweeps testbed 2 (its bundle: make_bundle.sh qwen2.5-0.5b). EVAL_DTYPE=tf32 evaluates
@@ -12,6 +14,7 @@ source scripts/device/setup.sh
 lm=${TESTBED_LM:-smollm2-135m}
 tb=/tmp/testbed-$lm
 R=/tmp/res; mkdir -p $R
+[ -d .carry/sweep_res ] && cp -n .carry/sweep_res/* $R/ 2>/dev/null  # rows of an earlier session: not rerun
 [ -f $tb/config.json ] || python3 -m llava_fa testbed build --language-model "$lm" --out "$tb"
 
 snapshot() {  # tar to a private name, then rename: a reader never sees half a tar
