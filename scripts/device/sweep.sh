@@ -14,7 +14,7 @@ source scripts/device/setup.sh
 lm=${TESTBED_LM:-smollm2-135m}
 tb=/tmp/testbed-$lm
 R=/tmp/res; mkdir -p $R
-[ -d .carry/sweep_res ] && cp -n .carry/sweep_res/* $R/ 2>/dev/null  # rows of an earlier session: not rerun
+[ -d .carry/sweep_res ] && { cp -n .carry/sweep_res/* $R/ 2>/dev/null || true; }  # rows of an earlier session: not rerun
 [ -f $tb/config.json ] || python3 -m llava_fa testbed build --language-model "$lm" --out "$tb"
 
 snapshot() {  # tar to a private name, then rename: a reader never sees half a tar
