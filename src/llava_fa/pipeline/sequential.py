@@ -218,9 +218,8 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
                            partial(feed_layer, run, layer, hidden, calls))
     run.stream.before_forward(run, index)
-    with measuring(block), dense_pass(layer, run.device):
-        with run.clock("forward"):
-            propagate(layer, hidden, calls, added)
+    with run.clock("forward"), measuring(block), dense_pass(layer, run.device):  # the clock covers their exits too
+        propagate(layer, hidden, calls, added)
     with run.clock("offload"):
         layer.to(run.home)
     if block is not None:
@@ -328,7 +327,8 @@ def close_block(run: CompressionRun, block: OpenBlock) -> None:
     """Give the rows their activation errors, save the shard, report the block."""
     if not block.loaded:
         if block.meter is not None:
-            errors = block.meter.errors()
+            with run.clock("install"):  # the report's activation errors
+                errors = block.meter.errors()
             for row in block.rows:
                 row.act_error = errors[row.name]
         with run.clock("save shards"):
