@@ -19,6 +19,9 @@ from llava_fa.pipeline.distributed import SINGLE, World, assign_owners
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARGS = {"gptq": ["--method", "gptq", "--bits", "3", "--act-order"],
+        # the vision tower, projector and LM head too: the blocks around the decoder, where the samples
+        # split across ranks (pipeline/passes.py) come back together (the head's pass takes every sample)
+        "gptq-all": ["--method", "gptq", "--bits", "3", "-t", "Linear", "-t", "lm_head", "--vision", "--projector"],
         "fa": ["--method", "fa", "-O", "odc=calibrated", "-O", "rank=4", "-O", "iters=2"]}
 
 
@@ -40,7 +43,7 @@ def moe_dir(path):
     return path
 
 
-@pytest.mark.parametrize("method,build", [("gptq", F.save_llava_dir), ("fa", moe_dir)])
+@pytest.mark.parametrize("method,build", [("gptq", F.save_llava_dir), ("gptq-all", F.save_llava_dir), ("fa", moe_dir)])
 def test_two_gloo_ranks_store_the_tensors_of_one_process(tmp_path, method, build):
     dense = build(tmp_path / "dense")
     one = compress(dense, tmp_path / "one", method, 1)
@@ -48,7 +51,10 @@ def test_two_gloo_ranks_store_the_tensors_of_one_process(tmp_path, method, build
     digests = tensor_digests(tmp_path / "one")
     assert digests and digests == tensor_digests(tmp_path / "two")
     assert two.stderr.count("wrote ") == 1 and one.stderr.count("wrote ") == 1  # rank 0 alone reports
-    ranks = json.loads((tmp_path / "two" / "compress_report.json").read_text())["rank_stage_seconds"]
+    report = json.loads((tmp_path / "two" / "compress_report.json").read_text())
+    if method == "gptq-all":
+        assert {"lm_head", "model.multi_modal_projector.linear_1"} <= {row["name"] for row in report["layers"]}
+    ranks = report["rank_stage_seconds"]
     assert len(ranks) == 2 and all({"compress", "wait for ranks", "share"} <= set(r) for r in ranks)
 
 
@@ -67,3 +73,22 @@ def test_owners_balance_weights_and_keep_experts_together():
     loads = [sum(model.get_submodule(n).weight.numel() for n in layer if owners[n] == r) for r in (0, 1)]
     assert min(loads) > 0
     assert assign_owners(model, layer, SINGLE) == {n: 0 for n in layer}
+
+
+def test_samples_split_in_contiguous_shares_except_for_moe_or_too_few():
+    from llava_fa.pipeline.passes import sample_split
+
+    dense = F.llava()
+    names = [n for n, m in dense.named_modules() if n.endswith("q_proj")]
+    split = sample_split(World(1, 2), 5, dense, names)
+    assert split.bounds == (0, 2, 5) and split.mine == range(2, 5) and split.of(0) == range(0, 2)
+    assert sample_split(SINGLE, 5, dense, names) is None  # one process: every sample
+    assert sample_split(World(0, 4), 3, dense, names) is None  # fewer samples than ranks
+    from llava_fa.formats import unfuse_experts
+    from llava_fa.selection import default_patterns, find_parts, select
+
+    moe = test_moe.qwen3_moe()
+    targets = select(moe, *default_patterns(find_parts(moe)))
+    unfuse_experts(moe, targets)
+    assert any(".experts." in n for n in targets)
+    assert sample_split(World(0, 2), 8, moe, targets) is None  # routing is observed in the pass itself

@@ -9,7 +9,9 @@ the product once per forward and share it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -95,6 +97,15 @@ class StatsCollector:
             h.remove()
         self._handles.clear()
         self._cache.clear()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No hooks meanwhile: a pass whose inputs reach the collector later, through `add`."""
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
     def new_sample(self, image_mask: torch.Tensor | None) -> None:
         self.image_mask = image_mask

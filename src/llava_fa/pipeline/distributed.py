@@ -1,15 +1,13 @@
 """Compression spread over the processes of torch.distributed:
 `torchrun --nproc-per-node N -m llava_fa compress ...` (NCCL on GPUs, one per rank; gloo on CPU).
 
-Every rank runs the same passes over the calibration inputs (the captured layer inputs, the
-compressed layers' outputs: identical on every rank). Per block, each rank collects statistics for
-and compresses only the modules it owns; each compressed module is then broadcast from its owner,
-so every rank holds the whole compressed block before the pass that follows. A module's statistics
-are thus computed by one rank, over all samples, in the order a single process uses: the checkpoint
-is bit-identical to a run in one process. (Splitting the samples across ranks and all-reducing
-partial sums would change the floating-point summation order, hence the stored codes.) What the
-ranks share is the method's work (GPTQ's column loop, LLaVA-FA's fit, the Hessians in memory), by
-far the larger part of the time on large layers.
+The decoder layers' passes over the calibration inputs are split by samples (passes.py): each rank
+forwards its share, and the inputs each module received are broadcast so that the module's owner
+accumulates its statistics over all samples, in the order a single process uses (MoE blocks keep
+every sample on every rank). Per block, each rank compresses only the modules it owns; each
+compressed module is then broadcast from its owner, so every rank holds the whole compressed block
+before the pass that follows. The checkpoint is bit-identical to a run in one process. (All-reducing
+partial sums instead would change the floating-point summation order, hence the stored codes.)
 
 Owners are assigned per block by weight count, largest first to the least loaded rank; the expert
 linears of one MoE experts module go to one rank together (a starved expert takes the statistics

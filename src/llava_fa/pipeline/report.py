@@ -167,6 +167,16 @@ class ActivationErrorMeter:
                 t.signal_sq += (out[:, a:a + block].float() + error).square().sum(dtype=torch.float64)
         t.tokens += rows.shape[0]
 
+    def reduce_over_ranks(self) -> None:
+        """Sum every rank's accumulations (torchrun with the samples split across ranks, passes.py)."""
+        import torch.distributed as dist
+
+        for t in self._tracked.values():
+            tokens = torch.tensor([t.tokens], dtype=torch.float64, device=t.error_sq.device)
+            for value in (t.error_sq, t.signal_sq, tokens):
+                dist.all_reduce(value)
+            t.tokens = int(tokens.item())
+
     def errors(self) -> dict[str, float | None]:
         """act_error per tracked name (None for a module that received no input); frees the weights."""
         out: dict[str, float | None] = {}

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,9 +35,11 @@ from llava_fa.formats import CompressedLinear
 from llava_fa.formats.base import weight_error
 from llava_fa.io.modules import set_module
 from llava_fa.methods.base import Method
-from llava_fa.pipeline.capture import DecoderInputs, LayerCall, LayerRecorder
-from llava_fa.pipeline.devices import dense_pass, device_of, move_except, on_device, reproducible, to_device
+from llava_fa.pipeline.capture import DecoderInputs, LayerCall
+from llava_fa.pipeline.devices import dense_pass, device_of, reproducible
 from llava_fa.pipeline.distributed import SINGLE, World, assign_owners, barrier, share_block
+from llava_fa.pipeline.passes import (SampleSplit, capture_decoder_inputs, feed_head, feed_layer, gather_hidden,
+                                      normed_hidden, propagate, sample_split)
 from llava_fa.pipeline.planning import Plan, layer_block, make_plan
 from llava_fa.pipeline.report import ActivationErrorMeter, LayerReport, report_row
 from llava_fa.pipeline.streaming import IN_MEMORY, InMemory
@@ -67,6 +69,7 @@ class CompressionRun:
     world: World = SINGLE  # the ranks of a distributed run (distributed.py)
     clock: StageClock = field(default_factory=StageClock)  # wall seconds per stage (timing.py)
     stream: InMemory = IN_MEMORY  # loads and writes the model's parts at the boundaries (streaming.py)
+    split: SampleSplit | None = None  # torchrun: the samples this rank runs through the decoder (passes.py)
     rows: list[LayerReport] = field(default_factory=list)
     finished: int = 0
 
@@ -133,7 +136,8 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
     run = CompressionRun(model, method, plan, samples, image_masks(model, samples), device, home=home,
                          dtype=next(model.parameters()).dtype, stay_home=modules_left_home(model, plan),
                          work=WorkDir(work_dir, fingerprint, writer=world.writer), on_block=on_block, on_row=on_row,
-                         world=world, clock=clock, stream=stream)
+                         world=world, clock=clock, stream=stream,
+                         split=sample_split(world, len(samples), model, list(plan.names)))
     clock.cuda = device.type == "cuda"
     try:
         with clock("check weights"):  # streamed: every target read once for NaN/Inf before any work
@@ -144,6 +148,8 @@ def _compress_model(model: nn.Module, method: Method, plan: Plan, samples: list[
             compress_layer(run, i, inputs.hidden, inputs.calls[i], inputs.added[i])
             inputs.calls[i], inputs.added[i] = [], []  # layer i is done: what only it received can go
         stream.before_post(run)
+        if run.split is not None and plan.post:
+            gather_hidden(world, run.split, inputs.hidden)  # the LM head's pass takes every sample
         compress_post(run, inputs.hidden)
         with clock("save shards"):
             stream.finish(run)
@@ -216,10 +222,10 @@ def compress_layer(run: CompressionRun, index: int, hidden: list[torch.Tensor],
     block = None
     if names:
         block = open_block(run, layer_block(index), f"layer {index + 1}/{run.plan.num_layers}", names,
-                           partial(feed_layer, run, layer, hidden, calls))
+                           partial(feed_layer, run, layer, names, hidden, calls))
     run.stream.before_forward(run, index)
     with run.clock("forward"), measuring(block), dense_pass(layer, run.device):  # the clock covers their exits too
-        propagate(layer, hidden, calls, added)
+        propagate(layer, hidden, calls, added, run.split.mine if run.split is not None else None)
     with run.clock("offload"):
         layer.to(run.home)
     if block is not None:
@@ -328,6 +334,8 @@ def close_block(run: CompressionRun, block: OpenBlock) -> None:
     if not block.loaded:
         if block.meter is not None:
             with run.clock("install"):  # the report's activation errors
+                if run.split is not None and block.name not in ("pre", "post"):  # each rank measured its share
+                    block.meter.reduce_over_ranks()
                 errors = block.meter.errors()
             for row in block.rows:
                 row.act_error = errors[row.name]
@@ -340,61 +348,3 @@ def close_block(run: CompressionRun, block: OpenBlock) -> None:
     run.finished += 1
     if run.on_block:
         run.on_block(run.finished, len(run.plan.blocks), block.label)
-
-
-# --- passes over the calibration inputs ----------------------------------------------------------
-
-def capture_decoder_inputs(run: CompressionRun, collector: StatsCollector | None = None) -> DecoderInputs:
-    """One pass of the model, its decoder layers stubbed (capture.py): what each layer receives, per sample."""
-    head = run.model.get_submodule(run.plan.parts.lm_head) if run.plan.parts.lm_head else None
-    recorder = LayerRecorder(run.layers, stop_after=max(run.plan.last_layer(calibrated=True), 0),
-                             stop_at=(head,) if head is not None else (),
-                             additive=architecture_of(run.model).additive_between_layers)
-    move_except(run.model, run.stay_home, run.device)
-    try:
-        with recorder:
-            for sample, mask in zip(run.samples, run.image_masks):
-                if collector is not None:
-                    collector.new_sample(on_device(mask, run.device))
-                recorder.run(run.model, dict(to_device(sample, run.device, run.dtype), use_cache=False))
-    finally:
-        move_except(run.model, run.stay_home, run.home)
-    return recorder.inputs
-
-
-def feed_layer(run: CompressionRun, layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None],
-               collector: StatsCollector) -> None:
-    for h, call, mask in zip(hidden, calls, run.image_masks):
-        if call is not None:  # None: a plain forward skips this layer for this sample
-            collector.new_sample(on_device(mask, run.device))
-            layer(h, *call[0], **call[1])
-
-
-def propagate(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall | None],
-              added: list[torch.Tensor | None]) -> None:
-    """Replace each sample's hidden states by the layer's outputs (kept where the layer is skipped),
-    plus what the model adds after the layer (capture.py)."""
-    for j, (h, call) in enumerate(zip(hidden, calls)):
-        if call is not None:
-            out = layer(h, *call[0], **call[1])
-            hidden[j] = out[0] if isinstance(out, (tuple, list)) else out
-        if added[j] is not None:
-            hidden[j] = hidden[j] + added[j].to(hidden[j].device)
-
-
-def feed_head(run: CompressionRun, norm: nn.Module, name: str, hidden: list[torch.Tensor],
-              collector: StatsCollector) -> None:
-    for normed, mask in normed_hidden(run, norm, hidden):
-        collector.new_sample(on_device(mask, run.device))
-        collector.add(name, normed)
-
-
-def normed_hidden(run: CompressionRun, norm: nn.Module, hidden: list[torch.Tensor]
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(the decoder's final norm of each sample's last hidden states, its image mask)."""
-    norm_on_device = norm.to(run.device)
-    try:
-        for h, mask in zip(hidden, run.image_masks):
-            yield norm_on_device(h), mask
-    finally:
-        norm.to(run.home)
