@@ -3,8 +3,8 @@
 
 The decoder layers' passes over the calibration inputs are split by samples (passes.py): each rank
 forwards its share, and the inputs each module received are broadcast so that the module's owner
-accumulates its statistics over all samples, in the order a single process uses (MoE blocks keep
-every sample on every rank). Per block, each rank compresses only the modules it owns; each
+accumulates its statistics over all samples, in the order a single process uses (a run with MoE
+expert linears among its targets keeps every sample on every rank). Per block, each rank compresses only the modules it owns; each
 compressed module is then broadcast from its owner, so every rank holds the whole compressed block
 before the pass that follows. The checkpoint is bit-identical to a run in one process. (All-reducing
 partial sums instead would change the floating-point summation order, hence the stored codes.)

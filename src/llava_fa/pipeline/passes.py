@@ -11,8 +11,8 @@ sample's forward is the same computation on any rank, so the statistics, and the
 are those of one process. What the split changes: each rank runs half the forwards (statistics and
 propagation) at the cost of sending the modules' inputs; the report's activation errors are sums
 over the ranks (all-reduced: the same figures up to rounding); the final hidden states are gathered
-before the LM head's pass. MoE blocks keep every sample on every rank (their routing is observed
-during the pass itself).
+before the LM head's pass. A run with MoE expert linears among its targets keeps every sample on
+every rank (their routing is observed during the pass itself).
 """
 
 from __future__ import annotations
