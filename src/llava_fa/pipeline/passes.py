@@ -137,8 +137,8 @@ def exchange(world: World, recorded: Recorded, device: torch.device) -> Recorded
     for src in range(world.size):
         header: list[Any] = [_header(recorded) if src == world.rank else None]
         dist.broadcast_object_list(header, src=src, device=device if device.type == "cuda" else None)
-        for (index, refs, specs), own in zip(header[0], recorded if src == world.rank else [None] * len(header[0])):
-            tensors = ([x.contiguous() for x in _distinct(own[1]).values()] if own is not None
+        for k, (index, refs, specs) in enumerate(header[0]):
+            tensors = ([x.contiguous() for x in _distinct(recorded[k][1]).values()] if src == world.rank
                        else [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in specs])
             for t in tensors:
                 dist.broadcast(t, src=src)
