@@ -2,12 +2,12 @@
 
 For each weight shape (Llama-2-7B layers and the testbed's MLP), form and token count it times, in
 the same run: a dense bfloat16 `F.linear` (the uncompressed model), the `fused` backend (rfft of the
-activation + the Triton kernel on the codes + the epilogue in torch; kernels/fourier_matmul.py),
-the kernel alone, the `spectral` and `dequant` paths it replaces, and at one token of an rfft layer the
-phase-table gemv (kernels/fourier_gemv_phase.py) alone and in the fused path, and from 17 tokens on the
-prefill as one GEMM on the spectrum decoded per call (kernels/fourier_dense.py). It prints microseconds per
-call, the speed-up over dense and the bandwidth achieved on the bytes the kernel reads (codes,
-scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
+activation + the kernel on the codes + the epilogue), the kernel it runs alone (one token of an rfft
+layer: the CUDA gemv, kernels/fourier_gemv.cu; from 17 tokens: one GEMM on the spectrum decoded per call,
+kernels/fourier_dense.py; else the Triton kernel, kernels/fourier_matmul.py), beside it the Triton kernel
+alone, the CUDA gemv with 32 entries per warp (where it takes 64 by default), the fused path with the
+Triton gemv, and the `spectral` and `dequant` paths. It prints microseconds per call, the speed-up over dense and the bandwidth achieved on
+the bytes the kernel reads (codes, scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
 quantizer on random weights (set_codes of the spectrum, no search): speed does not depend on them.
 Usage (on a GPU machine):
 
@@ -27,7 +27,7 @@ from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 from llava_fa.formats import fourier_runtime
 from llava_fa.formats.fourier import FourierLinear
 from llava_fa.kernels import fourier_dense as kd
-from llava_fa.kernels import fourier_gemv_phase as kp
+from llava_fa.kernels import fourier_gemv_cuda as kg
 from llava_fa.kernels import fourier_matmul as km
 from llava_fa.transforms import fourier as ft
 
@@ -65,23 +65,25 @@ def measure(out_f: int, in_f: int, form: str, tokens: int) -> dict:
         raise SystemExit(f"fused result off by {err:.3g} for {out_f}x{in_f} {form}, {tokens} tokens")
     rt = fourier_runtime.kernel_layout(layer, x.device)
     spec = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
+    triton_kernel = lambda: km.fourier_matmul(spec, rt, x.dtype)  # noqa: E731
+    kernel = triton_kernel
+    if tokens == 1 and kg.runs(spec, rt):
+        kernel = lambda: kg.fourier_gemv(spec, rt, x.dtype)  # noqa: E731
+    elif tokens >= fourier_runtime.PREFILL_TOKENS and kd.runs(rt):
+        kernel = lambda: kd.fourier_dense_matmul(spec, rt, x.dtype)  # noqa: E731
+    zt = triton_kernel().float()
     row = {"out": out_f, "in": in_f, "form": form, "tokens": tokens, "bpw": layer.bits_per_weight(),
-           "dense_bytes": dense.numel() * 2, "kernel_bytes": rt.nbytes(), "rel_err": err,
+           "dense_bytes": dense.numel() * 2, "kernel_bytes": rt.nbytes(),
+           "rel_err": err, "kernel_vs_triton": ((kernel().float() - zt).abs().max() / zt.abs().max()).item(),
            "dense_us": time_us(lambda: F.linear(x, dense)),
            "fused_us": time_us(lambda: layer(x)),
-           "kernel_us": time_us(lambda: km.fourier_matmul(spec, rt, x.dtype))}
-    row["phase_kernel_us"] = row["phase_fused_us"] = row["dense_prefill_us"] = None
-    if tokens >= fourier_runtime.PREFILL_TOKENS and kd.runs(rt):  # prefill: one GEMM on the decoded spectrum too
-        zk = km.fourier_matmul(spec, rt, x.dtype)
-        row["dense_prefill_rel_diff"] = ((kd.fourier_dense_matmul(spec, rt, x.dtype) - zk).abs().max()
-                                         / zk.abs().max()).item()
-        row["dense_prefill_us"] = time_us(lambda: kd.fourier_dense_matmul(spec, rt, x.dtype))
-    if kp.runs(spec, rt):  # batch 1 of an rfft layer: the phase-table gemv too, side by side
-        zk = km.fourier_matmul(spec, rt, x.dtype)
-        row["phase_rel_diff"] = ((kp.fourier_gemv_phase(spec, rt) - zk).abs().max() / zk.abs().max()).item()
-        row["phase_kernel_us"] = time_us(lambda: kp.fourier_gemv_phase(spec, rt))
-        os.environ["LLAVA_FA_FOURIER_GEMV"] = "phase"
-        row["phase_fused_us"] = time_us(lambda: layer(x))
+           "kernel_us": time_us(kernel), "triton_us": time_us(triton_kernel),
+           "cuda_kw32_us": None, "fused_triton_us": None}
+    if kernel is not triton_kernel and tokens == 1:
+        if kg.default_kw(rt) != 32:
+            row["cuda_kw32_us"] = time_us(lambda: kg.fourier_gemv(spec, rt, x.dtype, kw=32))
+        os.environ["LLAVA_FA_FOURIER_GEMV"] = "triton"
+        row["fused_triton_us"] = time_us(lambda: layer(x))
         del os.environ["LLAVA_FA_FOURIER_GEMV"]
     for mode in ("spectral", "dequant"):  # they build index masks on the host: no CUDA-graph capture
         layer.forward_mode = mode
@@ -121,9 +123,9 @@ def table_line(r: dict, copy_gbs: float) -> str:
     dense_gbs = r["dense_bytes"] / r["dense_us"] / 1e3
     return (f"| {r['out']} x {r['in']} | {r['form']} | {r['bpw']:.2f} | {r['tokens']} | {r['dense_us']:.1f} "
             f"({dense_gbs / copy_gbs:.0%}) | {r['fused_us']:.1f} | {r['dense_us'] / r['fused_us']:.2f}x | "
-            f"{r['kernel_us']:.1f} | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%}) | {_us(r['spectral_us'])} | "
-            f"{_us(r['dequant_us'])} | {_us(r['phase_kernel_us'])} | {_us(r['phase_fused_us'])} | "
-            f"{_us(r['dense_prefill_us'])} |")
+            f"{r['kernel_us']:.1f} | {gbs:.0f} GB/s ({gbs / copy_gbs:.0%}) | {r['triton_us']:.1f} | "
+            f"{_us(r['cuda_kw32_us'])} | {_us(r['fused_triton_us'])} | {_us(r['spectral_us'])} | "
+            f"{_us(r['dequant_us'])} |")
 
 
 def _us(value: float | None) -> str:
@@ -156,8 +158,7 @@ def main() -> None:
           f"{'CUDA-graph replays (no host overhead, warm L2)' if args.cudagraph else 'host overhead included, cold L2'}; "
           f"copy bandwidth {copy_gbs:.0f} GB/s")
     print("| out x in | form | bpw | tokens | dense bf16 us (of copy bw) | fused us | fused vs dense | kernel us | "
-          "kernel bw | spectral us | dequant us | phase-table kernel us | phase-table fused us | "
-          "dense-prefill kernel + GEMM us |")
+          "kernel bw | Triton kernel us | CUDA gemv 32/warp us | fused, Triton gemv us | spectral us | dequant us |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):

@@ -4,7 +4,8 @@ Three views of one weight shape at one token count (default: Llama-2-7B's 4096 x
 - host: microseconds of Python per call (launches queued back to back, the GPU never the bottleneck
   for small shapes) for the kernel alone and the whole `fused` forward, and cProfile's top entries;
 - GPU: torch.profiler's CUDA kernels of 50 `fused` calls (what else than the kernel runs);
-- `--ncu`: only run the kernel a few times, for `ncu -k regex:_fourier ... python THIS --ncu`.
+- `--ncu`: only run the `fused` forward a few times (the kernels it picks: the CUDA gemv at one token,
+  the decoded-spectrum GEMM from 17), for `ncu -k regex:'_fourier|polar_gemv|_weighted' ... python THIS --ncu`.
 
     PYTHONPATH=src python scripts/profile_fourier_kernel.py --shape 4096x4096 --tokens 1
 """
@@ -50,7 +51,7 @@ def main() -> None:
     kernel = lambda: km.fourier_matmul(spec, rt, x.dtype)  # noqa: E731
     if args.ncu:
         for _ in range(5):
-            kernel()
+            layer(x)
         torch.cuda.synchronize()
         return
     print(f"# {args.shape} {args.form} tokens {args.tokens}: blocks "

@@ -27,7 +27,7 @@ import torch
 
 from llava_fa.errors import ConfigError
 from llava_fa.kernels import fourier_dense as dense_kernel
-from llava_fa.kernels import fourier_gemv_phase as phase_kernel
+from llava_fa.kernels import fourier_gemv_cuda as gemv_cuda
 from llava_fa.kernels import fourier_matmul as kernel
 from llava_fa.quantizers.float16 import from_bits
 from llava_fa.quantizers.packing import pack, unpack
@@ -56,9 +56,7 @@ class KernelLayout:
     in_scale: torch.Tensor  # float32 (n,): the activation's divisor, ODC column scales (or 1) times sqrt(n)
     rows: torch.Tensor | None  # ODC row scales (m,)
     holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
-    mag_bits: int = 0  # the low bits of a code; the rest are the phase's
-    levels2: torch.Tensor | None = None  # float32 (2^mag_bits,): 2 level per magnitude code (kernels/fourier_gemv_phase)
-    phase_cs: torch.Tensor | None = None  # float32 (2^phase_bits, 2): (cos, sin) of each phase code's angle
+    counters: torch.Tensor | None = None  # int32 per 128 rows: the CUDA gemv's split counters (zero between calls)
 
     @property
     def entries(self) -> int:  # codes per packed word
@@ -70,7 +68,7 @@ class KernelLayout:
 
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
-        tensors = [self.codes, self.tables, self.levels2, self.phase_cs, self.scales, self.group_start,
+        tensors = [self.codes, self.tables, self.scales, self.group_start,
                    self.group_offset, self.edges,
                    *(self.lowrank or ()), self.in_scale, *(t for t in (self.rows,) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -178,8 +176,7 @@ def build(layer, device: torch.device) -> KernelLayout:
                         start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
-                        in_scale, None if rows is None else rows.float(), mag_bits=p["mag_bits"],
-                        levels2=levels2.float(), phase_cs=cs.float().contiguous())
+                        in_scale, None if rows is None else rows.float())
 
 
 def move_codes(layer, rt: KernelLayout) -> None:
@@ -225,10 +222,11 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
     spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
-    if switch("LLAVA_FA_FOURIER_GEMV") == "phase" and phase_kernel.runs(spec, rt) and rt.lowrank is None:
-        y = phase_kernel.fourier_gemv_phase(spec, rt, dtype=x.dtype, rows=rt.rows, bias=layer.bias)  # epilogue in it
-        return y.reshape(*lead, layer.out_features)
-    if spec.shape[0] >= PREFILL_TOKENS and switch("LLAVA_FA_FOURIER_PREFILL") == "dense" and dense_kernel.runs(rt):
+    if switch("LLAVA_FA_FOURIER_GEMV") == "cuda" and gemv_cuda.runs(spec, rt):  # batch 1 (kernels/fourier_gemv.cu)
+        if rt.lowrank is None:  # the epilogue in the same launch
+            return gemv_cuda.fourier_gemv(spec, rt, x.dtype, rows=rt.rows, bias=layer.bias).reshape(*lead, -1)
+        z = gemv_cuda.fourier_gemv(spec, rt)
+    elif spec.shape[0] >= PREFILL_TOKENS and dense_kernel.runs(rt):  # prefill: one GEMM on the decoded spectrum
         z = dense_kernel.fourier_dense_matmul(spec, rt, x.dtype)
     else:
         z = kernel.fourier_matmul(spec, rt, x.dtype)
@@ -246,13 +244,14 @@ def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype).reshape(*lead, layer.out_features)
 
 
-# Experiment switches (environment variables; the first choice is the default) until the H200 picks one:
-# which gemv runs one activation row of an rfft layer (fourier_matmul's table of code pairs, or
-# kernels/fourier_gemv_phase.py's per-call phase table), and how an rfft layer runs more than 16 tokens
-# (fourier_matmul's tiles, or one GEMM on the spectrum decoded per call, kernels/fourier_dense.py).
-# scripts/bench_fourier_kernel.py times them side by side; records name the switches set.
-SWITCHES = {"LLAVA_FA_FOURIER_GEMV": ("pairs", "phase"), "LLAVA_FA_FOURIER_PREFILL": ("tiles", "dense")}
-PREFILL_TOKENS = 17  # from here on fourier_matmul runs its prefill tiles (default_blocks)
+# Experiment switch (an environment variable; the first choice is the default): which gemv runs one
+# activation row of an rfft layer, the CUDA C++ kernel (kernels/fourier_gemv.cu, built by nvcc on first
+# use) or fourier_matmul's Triton gemv. From 17 tokens on, an rfft layer's prefill is one GEMM on the
+# spectrum decoded per call (kernels/fourier_dense.py: 99.6 us against the Triton tiles' 559.9 us at 256
+# tokens on 4096 x 4096, H200, docs/results/kernels_h200/); rfft2 layers keep the tiles.
+# scripts/bench_fourier_kernel.py times both gemvs side by side; records name the switches set.
+SWITCHES = {"LLAVA_FA_FOURIER_GEMV": ("cuda", "triton")}
+PREFILL_TOKENS = 17  # from here on the prefill GEMM (below: fourier_matmul's gemv and batch tiles)
 
 
 def switch(name: str) -> str:
