@@ -56,6 +56,31 @@ def _kernel_spans() -> dict[str, str]:
                               ".1f")}
 
 
+def _cuda_gemv_text() -> str:
+    """The batch-1 CUDA gemv and the prefill GEMM of commit 0101892 (kernels_h200/0101892/fourier_rfft.json:
+    CUDA-graph replays, warm L2), and the decode it gives (decode_h200/ at the same commit)."""
+    from plots import read_json
+
+    rec = read_json(KERNELS / "0101892" / "fourier_rfft.json")
+    big = [r for r in rec["rows"] if r["in"] >= 4096]
+    one = {f"{r['out']} x {r['in']}": r for r in big if r["tokens"] == 1}
+    pre = {f"{r['out']} x {r['in']}": r for r in big if r["tokens"] == 256}
+    def us(rows: dict, key: str) -> str:
+        return ", ".join(f"{k} {r[key]:.1f}" for k, r in rows.items())
+    bw = [100 * r["kernel_bytes"] / r["kernel_us"] / 1e3 / rec["copy_gbs"] for r in one.values()]
+    return ("Since commit 0101892 one activation row of an rfft layer runs a CUDA C++ gemv (`kernels/fourier_gemv.cu`, "
+            "built by nvcc on first use: the table of code pairs in shared memory, one copy per lane, float16 "
+            "products summed eight at a time), and 17 tokens or more run one GEMM on the spectrum decoded per call "
+            "(`kernels/fourier_dense.py`). Per layer (`cd scripts && PYTHONPATH=../src python bench_fourier_kernel.py "
+            "--forms rfft --cudagraph`, kernels_h200/0101892/, CUDA-graph replays, warm L2), the gemv in us: "
+            f"{us(one, 'kernel_us')} (the Triton gemv: {us(one, 'triton_us')}), {min(bw):.0f}-{max(bw):.0f}% of the "
+            f"copy bandwidth on the codes; the whole fused layer {us(one, 'fused_us')} against dense bf16's "
+            f"{us(one, 'dense_us')}; at 256 tokens the prefill GEMM {us(pre, 'kernel_us')} against the Triton "
+            f"tiles' {us(pre, 'triton_us')}. The bf16 and 3+3-bit decode records in the table above are of that commit "
+            "(`RESULTS=$OUT/decode bash scripts/device/bench_decode.sh synthetic \"bf16,fourier:mag_bits=3:phase_bits=3\"`; "
+            "decode_h200/0101892_triton_gemv/: the 3+3-bit run with `LLAVA_FA_FOURIER_GEMV=triton`). ")
+
+
 def _kernel_table(name: str) -> list[str]:
     path = KERNELS / f"{name}_eager.md"
     return ["```", path.read_text().rstrip(), "```"] if path.exists() else []
@@ -93,13 +118,14 @@ def runtime_section() -> list[str]:
     per_layer = (
         "Per layer at 7B shapes and 1-16 tokens (`cd scripts && PYTHONPATH=../src python bench_fourier_kernel.py "
         "--json F` and `PYTHONPATH=src python scripts/bench_binary_kernel.py --json F`, cold L2, host overhead "
-        "included, dense bf16 measured in the same run): the LLaVA-FA `fused` path (one rfft of the activation, "
+        "included, dense bf16 measured in the same run; the tables below, of commit b8276b3): the LLaVA-FA `fused` "
+        "path (one rfft of the activation, "
         "then `kernels/fourier_matmul.py`: codes to 2 level cos/sin tiles in registers, `tl.dot` or a row sum "
         f"with the spectrum) is {k['fourier_vs_old']}x faster than the dequantize-per-call and spectral paths it "
         f"replaces, {k['fourier_vs_dense']}x the speed of dense bf16; the kernel alone reads its bytes at "
-        f"{k['fourier_bw']}% of the copy bandwidth. These kernel tables and the fourier, affine 3-bit and 2-bit and "
-        "bf16 decode records are of commit b8276b3: the fourier kernel reads the codes packed at their stored "
-        "width and one int32 (cos, sin) pair per code from a single table (ptxas for sm_90: 1,040 SASS "
+        f"{k['fourier_bw']}% of the copy bandwidth. These kernel tables are of commit b8276b3 (its "
+        "fourier 3+3-bit and bf16 decode records: decode_h200/b8276b3/): the fourier kernel reads the codes packed "
+        "at their stored width and one int32 (cos, sin) pair per code from a single table (ptxas for sm_90: 1,040 SASS "
         "instructions per batch-1 tile, 96 registers). The records of commit 2264caf (kernels_h200/2264caf/, "
         "decode_h200/2264caf/: one byte per code beside the stored codes, 1,264 instructions per tile) measured "
         "22 us for the kernel on 4096 x 4096 at batch 1 and 88.4 tokens/s for the 3+3-bit decode; the packed "
@@ -111,9 +137,10 @@ def runtime_section() -> list[str]:
         "host. A batch-1 kernel kept in the codes' load layout (kernels_h200/d123f6d/, sweep of its tiles, cold "
         "L2) measures 18.5 us on 4096 x 4096 and 49.0 us on 11008 x 4096 against dense bf16's 18.9 and 35.1 us: "
         "about 8% faster than before, still L1-bound; its decode is not re-measured. "
+        + _cuda_gemv_text() +
         "The fourier 2+3 and 3+5 bit and the "
         "affine 3-bit and 2-bit decode records are of commit 2264caf, affine 4-bit and binary of bd36f36, each "
-        "measured against a bf16 row within 1% of this one. A CUDA profile at 2264caf (4096 x 4096, batch 1, warm "
+        "measured against a bf16 row within 3% of this one. A CUDA profile at 2264caf (4096 x 4096, batch 1, warm "
         "L2) put 68% of the GPU time in the kernel, 11% in the activation's rfft and 21% in four elementwise "
         "kernels; the kernel was bound by its instructions (about 40 per entry), not its reads: every bit width "
         "decoded at the same speed. "
