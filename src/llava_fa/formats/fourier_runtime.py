@@ -1,5 +1,8 @@
 """The `fused` backend of the `fourier` format: one stored layer converted to the layout of the
-Triton kernel (kernels/fourier_matmul.py) once per device, then y = x W^T from the codes.
+Triton kernel (kernels/fourier_matmul.py) once per device, then y = x W^T from the codes. Three kernels
+read that layout: one activation row of an rfft layer runs the CUDA C++ gemv (kernels/fourier_gemv.cu,
+epilogue included), 17 rows or more one GEMM on the spectrum decoded per call (kernels/fourier_dense.py),
+the rest fourier_matmul's Triton tiles (`SWITCHES` below).
 
 What runs per call: x / (c sqrt(n)) (ODC columns and the transform's orthonormal factor, with the
 cast to float32: one elementwise kernel), one rfft of the activation (cuFFT), the kernel, the
