@@ -27,6 +27,19 @@ def test_static_cache_loop_equals_generate():
     assert info == {"cuda_graph": False, "graph_error": None}
 
 
+def test_compiled_steps_give_the_same_tokens():
+    """The decode step through torch.compile (the "eager" backend here: dynamo's tracing and its breaks at
+    each compressed layer, without inductor's code generation) gives the eager loop's tokens, with
+    compressed linears among the traced modules."""
+    model = random_llama(TINY, "cpu", torch.float32, seed=1)
+    compress_decoder(model, parse_format("fourier:mag_bits=3:phase_bits=3"))
+    prompt = torch.randint(0, TINY["vocab"], (2, 12), generator=torch.Generator().manual_seed(0))
+    ref, _ = static_greedy(model, prompt, 6, warmup=1)
+    torch._dynamo.reset()
+    got, _ = static_greedy(model, prompt, 6, warmup=1, compile_backend="eager")
+    assert torch.equal(got, ref)
+
+
 # (entry, max relative Frobenius error of the dequantized weight, bpw range)
 ENCODINGS = [("affine:bits=4", 0.15, (4.1, 4.4)), ("affine:bits=2:group_size=32", 0.5, (2.5, 2.7)),
              ("fourier:mag_bits=3:phase_bits=3", 0.3, (3.0, 3.3)), ("fourier:transform=rfft2", 0.3, (3.0, 3.3)),

@@ -7,6 +7,7 @@
 #   bash scripts/device/bench_decode.sh synthetic "bf16,affine:bits=4,affine:bits=3,affine:bits=2:group_size=32"
 #   bash scripts/device/bench_decode.sh synthetic "fourier:mag_bits=4:phase_bits=4,fourier:mag_bits=3:phase_bits=3,fourier:mag_bits=2:phase_bits=3,binary"
 #   bash scripts/device/bench_decode.sh eager "bf16,affine:bits=4,fourier:mag_bits=3:phase_bits=3,binary"  # --no-cuda-graphs, batch 1
+#   bash scripts/device/bench_decode.sh compiled "bf16,fourier:mag_bits=3:phase_bits=3"  # --compile: the ops between linears fused
 #   bash scripts/device/bench_decode.sh testbed            # needs the asset bundle (scripts/device/setup.sh)
 #   bash scripts/device/bench_decode.sh testbed "rtn4:-m rtn --bits 4 --group-size 64 --nsamples 0" ...
 # Then, here: python scripts/decode_table.py RESULTS/synthetic --png docs/results/figures/decode_speed.png
@@ -25,6 +26,9 @@ case $part in
   synthetic)  # the 7B-shaped decoder, CUDA graphs where they capture
     bench --synthetic 7b --formats "${1:-bf16,affine:bits=4}" --cuda-graphs --forward-mode auto \
       --json-dir "$RESULTS/synthetic" 2>&1 | tee -a "$RESULTS/synthetic.log" ;;
+  compiled)  # the same with each decode step through torch.compile (inductor) inside the CUDA graph
+    bench --synthetic 7b --formats "${1:-bf16,fourier:mag_bits=3:phase_bits=3}" --cuda-graphs --compile \
+      --forward-mode auto --json-dir "$RESULTS/compiled" 2>&1 | tee -a "$RESULTS/compiled.log" ;;
   eager)  # the same without CUDA graphs: what the graphs buy
     BATCH=${BATCH:-1} bench --synthetic 7b --formats "${1:-bf16,affine:bits=4}" --no-cuda-graphs \
       --json-dir "$RESULTS/eager" 2>&1 | tee -a "$RESULTS/eager.log" ;;
@@ -48,5 +52,5 @@ case $part in
       folders+=("/tmp/c/$name")
     done
     bench "${folders[@]}" --dtype bfloat16 --json-dir "$RESULTS/testbed" 2>&1 | tee -a "$RESULTS/testbed.log" ;;
-  *) echo "unknown part $part: synthetic, eager or testbed" >&2; exit 2 ;;
+  *) echo "unknown part $part: synthetic, compiled, eager or testbed" >&2; exit 2 ;;
 esac

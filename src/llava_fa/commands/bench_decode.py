@@ -169,6 +169,9 @@ def bench_decode(
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay each decode step as a CUDA "
                                      "graph (eager where capture fails; the record says which ran)."),
     forward_mode: str = typer.Option("auto", "--forward-mode", help=FORWARD_MODE_HELP),
+    compile_steps: bool = typer.Option(False, "--compile/--no-compile", help="Run each decode step through "
+                                       "torch.compile (inductor: fuses the ops between the linears; compressed "
+                                       "layers keep their own kernels). The first steps compile: slow once."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Activations and dense weights: bfloat16, float16, float32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (or cuda:N)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and prompts."),
@@ -180,7 +183,8 @@ def bench_decode(
 
     models = list(models or [])
     with reported_as_user_errors():
-        spec = DecodeSpec(parse_batches(batch), prompt, new_tokens, warmup, repeats, cuda_graphs, forward_mode, seed)
+        spec = DecodeSpec(parse_batches(batch), prompt, new_tokens, warmup, repeats, cuda_graphs, forward_mode, seed,
+                          "inductor" if compile_steps else "")
         spec.check()
         dev = resolve_device(device)
         if dtype not in DTYPES:
@@ -204,6 +208,8 @@ def run_all(models: list[Path], shape: Optional[dict], specs: list, spec, device
     records = []
     for name, model, facts in runs:
         record = {"name": name, **facts, **measure(model, spec, device), "environment": environment()}
+        if spec.compile_backend:  # compiled steps: told apart from eager runs in every table
+            record["label"] = f"{record.get('label') or name} [compiled]"
         records.append(record)
         if json_dir is not None:
             write_json_atomic(json_dir / f"{name}.json", record)

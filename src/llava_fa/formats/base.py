@@ -76,6 +76,7 @@ class CompressedLinear(nn.Module):
     def forward_modes(self) -> tuple[str, ...]:
         return tuple(self.backends)
 
+    @torch.compiler.disable  # torch.compile traces around it: each backend runs its own kernel, eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = getattr(self, "forward_mode", DEFAULT_MODE)
         candidates = self.backends.get(mode)
