@@ -118,6 +118,23 @@ def sweep(out_f: int, in_f: int, form: str, tokens: int, top: int = 5) -> list[t
     return sorted(found, key=lambda t: t[0])[:top]
 
 
+def cuda_sweep(out_f: int, in_f: int, form: str) -> list[tuple[float, tuple[int, int]]]:
+    """Batch-1 microseconds of every (entries per warp, warps per block) the CUDA gemv is built for at the
+    layer's code width (kernels/fourier_gemv_cuda.SHAPES), fastest first, each checked against the default."""
+    layer = make_layer(out_f, in_f, form)
+    x = torch.randn(1, in_f, device="cuda", dtype=torch.bfloat16)
+    rt = fourier_runtime.kernel_layout(layer, x.device)
+    spec = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
+    ref = kg.fourier_gemv(spec, rt).float()
+    found = []
+    for kw, warps in [s for s in kg.SHAPES[rt.bits] if kg.shape_fits(rt, s[0])]:
+        got = kg.fourier_gemv(spec, rt, kw=kw, warps=warps).float()
+        if (got - ref).abs().max() > 2e-3 * ref.abs().max():
+            raise SystemExit(f"CUDA gemv kw {kw} warps {warps} disagrees with the default on {out_f}x{in_f}")
+        found.append((time_us(lambda: kg.fourier_gemv(spec, rt, x.dtype, kw=kw, warps=warps)), (kw, warps)))
+    return sorted(found)
+
+
 def table_line(r: dict, copy_gbs: float) -> str:
     gbs = r["kernel_bytes"] / r["kernel_us"] / 1e3
     dense_gbs = r["dense_bytes"] / r["dense_us"] / 1e3
@@ -140,9 +157,17 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=[f"{o}x{i}" for o, i in SHAPES], help="OUTxIN weight shapes")
     ap.add_argument("--cudagraph", action="store_true", help="time CUDA-graph replays (no host overhead, warm L2)")
     ap.add_argument("--sweep", action="store_true", help="time every tile configuration of the kernel instead")
+    ap.add_argument("--cuda-sweep", action="store_true",
+                    help="time every shape the CUDA gemv is built for instead (batch 1, rfft)")
     args = ap.parse_args()
     GRAPHS["on"] = args.cudagraph
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    if args.cuda_sweep:
+        for out_f, in_f in shapes:
+            found = cuda_sweep(out_f, in_f, "rfft")
+            print(f"{out_f}x{in_f} rfft 1 token, CUDA gemv (entries per warp, warps): " +
+                  "; ".join(f"{us:.1f} us {shape}" for us, shape in found), flush=True)
+        return
     if args.sweep:
         for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
             best = sweep(out_f, in_f, form, tokens)

@@ -33,6 +33,8 @@ def test_layouts_it_takes():
     assert {_layout(*case)[1].bits for case in GEMV_CASES} == set(range(2, 9))  # every packed word shape
     assert kg.shape_fits(_layout(64, 300, dict(group_size=64))[1], kw=64)
     assert not kg.shape_fits(_layout(64, 300, dict(group_size=32))[1], kw=64)  # a warp's entries span two groups
+    with pytest.raises(ValueError, match="entries per warp and warps per block"):
+        kg.fourier_gemv(torch.zeros(1, 501, dtype=torch.complex64), _layout(*GEMV_CASES[0])[1], kw=16, warps=2)
     assert not kg.shape_fits(_layout(26, 48, dict(group_size=32))[1])  # rows not in fours
     assert not kg.shape_fits(_layout(40, 70, dict(group_size=16))[1])  # groups smaller than a warp's entries
     rfft2 = make_layer(24, 20, dict(transform="rfft2", group_size=16))
@@ -57,12 +59,14 @@ def check_gemv_matches(device: str) -> None:
         z = km.fourier_matmul(spec, rt, torch.float32)
         ref = z / rt.rows if rt.rows is not None else z
         ref = ref + layer.bias.float()
-        for kw in [kw for kw in kg.KW_CHOICES if kg.shape_fits(rt, kw)]:
-            got = kg.fourier_gemv(spec, rt, torch.float32, rows=rt.rows, bias=layer.bias, kw=kw)
+        for kw, warps in [s for s in kg.SHAPES[rt.bits] if kg.shape_fits(rt, s[0])]:
+            run = lambda: kg.fourier_gemv(spec, rt, torch.float32, rows=rt.rows, bias=layer.bias, kw=kw,  # noqa: E731
+                                          warps=warps)
+            got = run()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
-            print(f"{m}x{n} {params} kw {kw}: {err:.2e}")
-            assert err <= 2e-3, (m, n, params, kw, err)  # float16 sums of eight products (fourier_gemv)
-            assert torch.equal(got, kg.fourier_gemv(spec, rt, torch.float32, rows=rt.rows, bias=layer.bias, kw=kw))
+            print(f"{m}x{n} {params} kw {kw} warps {warps}: {err:.2e}")
+            assert err <= 2e-3, (m, n, params, kw, warps, err)  # float16 sums of eight products (fourier_gemv)
+            assert torch.equal(got, run())
         bf = kg.fourier_gemv(spec, rt, torch.bfloat16)
         assert bf.dtype == torch.bfloat16 and (bf.float() - z).abs().max() <= 1e-2 * z.abs().max()
 

@@ -78,13 +78,13 @@ struct GemvArgs {
 // float32 sums are scaled back by the exact inverse. Returns that inverse.
 template <int K_BLOCK, int WARPS>
 __device__ __forceinline__ float stage_activation(const GemvArgs& a, int k_block, __half2* xs, float* warp_max) {
-  constexpr int PER_THREAD = K_BLOCK / (32 * WARPS);
+  constexpr int PER_THREAD = (K_BLOCK + 32 * WARPS - 1) / (32 * WARPS);  // fewer entries than threads: some idle
   float2 x[PER_THREAD];
   float largest = 0.f;
 #pragma unroll
   for (int j = 0; j < PER_THREAD; ++j) {
-    const int k = k_block + threadIdx.x + j * 32 * WARPS;  // entry k is spectrum column k + 1; padding is 0
-    x[j] = k < a.k_reg ? __ldg(a.spec + k + 1) : make_float2(0.f, 0.f);
+    const int i = threadIdx.x + j * 32 * WARPS, k = k_block + i;  // entry k is spectrum column k + 1; padding is 0
+    x[j] = i < K_BLOCK && k < a.k_reg ? __ldg(a.spec + k + 1) : make_float2(0.f, 0.f);
     largest = fmaxf(largest, fmaxf(fabsf(x[j].x), fabsf(x[j].y)));
   }
 #pragma unroll
@@ -98,7 +98,7 @@ __device__ __forceinline__ float stage_activation(const GemvArgs& a, int k_block
   const float down = largest > 0.f ? ldexpf(1.f, 10 - e) : 1.f;
 #pragma unroll
   for (int j = 0; j < PER_THREAD; ++j)
-    xs[threadIdx.x + j * 32 * WARPS] = __floats2half2_rn(x[j].x * down, x[j].y * down);
+    if (threadIdx.x + j * 32 * WARPS < K_BLOCK) xs[threadIdx.x + j * 32 * WARPS] = __floats2half2_rn(x[j].x * down, x[j].y * down);
   return largest > 0.f ? ldexpf(1.f, e - 10) : 1.f;
 }
 
@@ -215,15 +215,17 @@ __device__ __forceinline__ void polar_gemv(const GemvArgs& a) {
   if (t == 0) a.counters[blockIdx.x] = 0u;  // ready for the next call
 }
 
-// One entry point per code width and entries per warp, with C names: kernels/cuda_build.py loads the
-// cubin through the driver API (as Triton does) and launches them by name with the GemvArgs block.
-// bits -> (codes per word, bytes per word) as formats/fourier_runtime.word_shape.
-#define POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, KW)                                                       \
-  extern "C" __global__ void __launch_bounds__(128) polar_gemv_b##BITS##_kw##KW(const GemvArgs a) { \
-    polar_gemv<BITS, ENTRIES, WORD_BYTES, KW, 4>(a);                                                    \
+// One entry point per code width, entries per warp and warps per block, with C names: kernels/cuda_build.py
+// loads the cubin through the driver API (as Triton does) and launches them by name with the GemvArgs block.
+// bits -> (codes per word, bytes per word) as formats/fourier_runtime.word_shape. Every width has 32 and 64
+// entries per warp in blocks of 4 warps; 6-bit codes (PolarQuant 3+3, the default) also the other shapes
+// that scripts/bench_fourier_kernel.py --cuda-sweep times.
+#define POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, KW, WARPS)                                                     \
+  extern "C" __global__ void __launch_bounds__(32 * WARPS) polar_gemv_b##BITS##_kw##KW##_w##WARPS(const GemvArgs a) { \
+    polar_gemv<BITS, ENTRIES, WORD_BYTES, KW, WARPS>(a);                                                        \
   }
 #define POLAR_GEMV_BOTH(BITS, ENTRIES, WORD_BYTES) \
-  POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, 32) POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, 64)
+  POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, 32, 4) POLAR_GEMV(BITS, ENTRIES, WORD_BYTES, 64, 4)
 POLAR_GEMV_BOTH(2, 4, 1)
 POLAR_GEMV_BOTH(3, 8, 3)
 POLAR_GEMV_BOTH(4, 2, 1)
@@ -231,3 +233,8 @@ POLAR_GEMV_BOTH(5, 8, 5)
 POLAR_GEMV_BOTH(6, 4, 3)
 POLAR_GEMV_BOTH(7, 8, 7)
 POLAR_GEMV_BOTH(8, 1, 1)
+POLAR_GEMV(6, 4, 3, 16, 4)
+POLAR_GEMV(6, 4, 3, 16, 8)
+POLAR_GEMV(6, 4, 3, 32, 8)
+POLAR_GEMV(6, 4, 3, 64, 8)
+POLAR_GEMV(6, 4, 3, 128, 4)

@@ -17,8 +17,11 @@ import torch
 from llava_fa.kernels import cuda_build
 
 SOURCE = Path(__file__).with_name("fourier_gemv.cu")
-ROWS_PER_BLOCK, WARPS = 128, 4  # as in the source: 32 lanes x 4 rows; warps per block along K
-KW_CHOICES = (32, 64)  # entries per warp the source is built for
+ROWS_PER_BLOCK = 128  # as in the source: 32 lanes x 4 rows
+# (entries per warp, warps per block) the source is built for: every width (32, 4) and (64, 4); 6-bit
+# codes (PolarQuant 3+3) also the shapes scripts/bench_fourier_kernel.py --cuda-sweep compares
+SHAPES = {bits: ((32, 4), (64, 4)) for bits in range(2, 9)}
+SHAPES[6] = ((16, 4), (16, 8), (32, 4), (32, 8), (64, 4), (64, 8), (128, 4))
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _WARNED: set[str] = set()
 
@@ -30,8 +33,8 @@ class GemvArgs(ctypes.Structure):  # the kernel's argument block, field for fiel
                                                   "bias_kind", "out_kind")]
 
 
-def _kernel(device: torch.device, bits: int, kw: int):
-    func = cuda_build.kernel(SOURCE, f"polar_gemv_b{bits}_kw{kw}", device)
+def _kernel(device: torch.device, bits: int, kw: int, warps: int = 4):
+    func = cuda_build.kernel(SOURCE, f"polar_gemv_b{bits}_kw{kw}_w{warps}", device)
     why = cuda_build.missing(SOURCE, device)
     if func is None and why and why not in _WARNED and why != "no CUDA device":
         _WARNED.add(why)
@@ -60,19 +63,20 @@ def default_kw(rt) -> int:
 
 
 def fourier_gemv(spec: torch.Tensor, rt, dtype: torch.dtype = torch.float32, *, rows: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, kw: int | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None, kw: int | None = None, warps: int = 4) -> torch.Tensor:
     """y (1, m) in `dtype` = Z of the layer (as fourier_matmul returns it) / rows + bias, from the
     activation spectrum `spec` (1, h) complex64; rows / bias None: none applied. The products are summed
     in float16 eight at a time (the activation scaled by a power of two per block), then in float32:
     within about 1e-3 of the float32 sums."""
     kw = default_kw(rt) if kw is None else kw
-    if kw not in KW_CHOICES or not shape_fits(rt, kw) or spec.shape[0] != 1:
-        raise ValueError("fourier_gemv takes one activation row of an rfft layer whose layout fits (shape_fits)")
-    func = _kernel(spec.device, rt.bits, kw)
+    if (kw, warps) not in SHAPES.get(rt.bits, ()) or not shape_fits(rt, kw) or spec.shape[0] != 1:
+        raise ValueError("fourier_gemv takes one activation row of an rfft layer whose layout fits (shape_fits), "
+                         f"with entries per warp and warps per block among {SHAPES.get(rt.bits, ())}")
+    func = _kernel(spec.device, rt.bits, kw, warps)
     if func is None:
         raise RuntimeError(f"the CUDA gemv is not available: {cuda_build.missing(SOURCE, spec.device)}")
     m = rt.codes.shape[1]
-    row_blocks, splits = -(-m // ROWS_PER_BLOCK), -(-rt.k_reg // (WARPS * kw))
+    row_blocks, splits = -(-m // ROWS_PER_BLOCK), -(-rt.k_reg // (warps * kw))
     if rt.counters is None or rt.counters.numel() < row_blocks:  # reset to zero by the kernel after each call
         rt.counters = torch.zeros(row_blocks, dtype=torch.int32, device=spec.device)
     spec = spec.contiguous()
@@ -85,5 +89,5 @@ def fourier_gemv(spec: torch.Tensor, rt, dtype: torch.dtype = torch.float32, *, 
                     rt.counters.data_ptr(), out.data_ptr(), m, rt.k_reg, rt.codes.shape[0] // rt.word_bytes,
                     rt.group, len(rt.edge_cols), edges[0], edges[1], _KIND[bias.dtype] if bias is not None else 0,
                     _KIND[dtype])
-    cuda_build.launch(func, (row_blocks, splits), 32 * WARPS, args, spec.device)
+    cuda_build.launch(func, (row_blocks, splits), 32 * warps, args, spec.device)
     return out
