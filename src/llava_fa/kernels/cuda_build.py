@@ -65,8 +65,12 @@ def _build(source: Path, arch: str, nvcc: str) -> Path:
     return out
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _module(source: Path, device: torch.device) -> ctypes.c_void_p | str:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     key = (str(source), index)
     if key not in _MODULES:
         try:
@@ -92,7 +96,7 @@ def kernel(source: Path, name: str, device: torch.device) -> ctypes.c_void_p | N
     module = _module(source, device)
     if isinstance(module, str):
         return None
-    key = (str(source), device.index or 0, name)
+    key = (str(source), _index(device), name)
     if key not in _FUNCTIONS:
         func = ctypes.c_void_p()
         _check(_driver().cuModuleGetFunction(ctypes.byref(func), module, name.encode()), f"cuModuleGetFunction {name}")
@@ -104,7 +108,7 @@ def missing(source: Path, device: torch.device) -> str | None:
     """Why `kernel(source, ..., device)` is None, once it was asked for."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return "no CUDA device"
-    found = _MODULES.get((str(source), device.index if device.index is not None else torch.cuda.current_device()))
+    found = _MODULES.get((str(source), _index(device)))
     return found if isinstance(found, str) else None
 
 
