@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import compress_fixtures as F
 import test_moe
@@ -25,14 +26,14 @@ ARGS = {"gptq": ["--method", "gptq", "--bits", "3", "--act-order"],
         "fa": ["--method", "fa", "-O", "odc=calibrated", "-O", "rank=4", "-O", "iters=2"]}
 
 
-def compress(dense, out, method: str, processes: int) -> subprocess.CompletedProcess:
+def compress(dense, out, method: str, processes: int, expect: int | None = 0) -> subprocess.CompletedProcess:
     launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port",
                str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable])
     cmd = [*launch, "-m", "llava_fa", "compress", str(dense), *ARGS[method], "--nsamples", "4", "--seqlen", "32",
            "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expect is None or proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
@@ -56,6 +57,24 @@ def test_two_gloo_ranks_store_the_tensors_of_one_process(tmp_path, method, build
         assert {"lm_head", "model.multi_modal_projector.linear_1"} <= {row["name"] for row in report["layers"]}
     ranks = report["rank_stage_seconds"]
     assert len(ranks) == 2 and all({"compress", "wait for ranks", "share"} <= set(r) for r in ranks)
+
+
+def test_a_bad_weight_stops_every_rank_with_the_message_of_one_process(tmp_path):
+    """The NaN/Inf check is shared between the ranks (each reads every other module); the bad weight
+    sits in layer 1, read by rank 1, and both ranks stop with the single process's message and code."""
+    from transformers import LlavaForConditionalGeneration
+
+    path = F.save_llava_dir(tmp_path / "nan")
+    model = LlavaForConditionalGeneration.from_pretrained(path)
+    with torch.no_grad():
+        model.model.language_model.layers[1].mlp.up_proj.weight[3, 3] = float("inf")
+    model.save_pretrained(path)
+    one = compress(path, tmp_path / "one", "gptq", 1, expect=2)
+    two = compress(path, tmp_path / "two", "gptq", 2, expect=None)
+    message = next(line for line in one.stderr.splitlines() if "NaN/Inf" in line)
+    assert "layers.1.mlp.up_proj" in message and "Traceback" not in one.stderr
+    assert two.returncode != 0 and two.stderr.count(message.strip()) == 2, two.stderr[-3000:]  # both ranks
+    assert not (tmp_path / "two").exists()
 
 
 def test_owners_balance_weights_and_keep_experts_together():

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from llava_fa import errors
+from llava_fa.errors import LlavaFAError
 from llava_fa.formats import CompressedLinear
 from llava_fa.formats.experts import LinearExperts
 from llava_fa.io.modules import build_module, module_entry
@@ -96,6 +98,27 @@ def gather_stage_seconds(world: World, seconds: dict[str, float]) -> list[dict[s
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, seconds)
     return gathered
+
+
+def raise_first(world: World, found: tuple[int, LlavaFAError] | None) -> None:
+    """Raise, on every rank, the error of the lowest index any rank `found` (index, error) in its share
+    of an ordered check, so that all ranks stop alike with the message a single process gives (it checks
+    in the same order and stops at the first). Nothing when no rank found one."""
+    if not world.active:
+        if found is not None:
+            raise found[1]
+        return
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, None if found is None else (found[0], type(found[1]).__name__, str(found[1])))
+    reported = sorted(g for g in gathered if g is not None)
+    if not reported:
+        return
+    if found is not None and found[0] == reported[0][0]:
+        raise found[1]
+    _, kind, message = reported[0]
+    raise getattr(errors, kind, LlavaFAError)(message)
 
 
 def assign_owners(model: nn.Module, names: tuple[str, ...], world: World) -> dict[str, int]:

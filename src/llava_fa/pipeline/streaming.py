@@ -28,10 +28,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from llava_fa.errors import LlavaFAError
 from llava_fa.formats import CompressedLinear
 from llava_fa.formats.base import DEFAULT_MODE, cached_forward
 from llava_fa.io.lazy import LazyWeights, bound_heap, open_lazy
 from llava_fa.io.shards import ShardWriter
+from llava_fa.pipeline.distributed import raise_first
 from llava_fa.pipeline.planning import check_targets
 
 # The run is sequential.CompressionRun (model, plan, work dir...). Not imported, even for type
@@ -76,17 +78,23 @@ class Streamed(InMemory):
 
     def check_weights(self, run: CompressionRun) -> None:
         """The NaN/Inf check make_plan could not do on the skeleton, before any work as there: one
-        read of the targets' modules, a module at a time."""
-        holders = {f"{run.plan.parts.layers}.{i}": names for i, names in run.plan.layers.items()}
-        for name in (*run.plan.pre, *run.plan.post):
-            holders[name] = (name,)
-        for holder, names in holders.items():
+        read of the targets' modules, a module at a time. Under torchrun each rank reads every
+        world-size-th module and all stop with the first error in module order (distributed.raise_first)."""
+        holders = [(f"{run.plan.parts.layers}.{i}", names) for i, names in run.plan.layers.items()]
+        holders += [(name, (name,)) for name in (*run.plan.pre, *run.plan.post)]
+        found = None
+        for index in range(run.world.rank, len(holders), run.world.size):
+            holder, names = holders[index]
             module = run.model.get_submodule(holder)
             self.weights.materialize(module, holder)
             try:
                 check_targets(run.model, list(names), run.method)
+            except LlavaFAError as err:
+                found = (index, err)
+                break
             finally:
                 self.weights.release(module)
+        raise_first(run.world, found)
 
     def after_capture(self, run: CompressionRun) -> None:
         self._write("outside_pre", run, sorted(outside_parts(run) - kept_for_post(run)))
