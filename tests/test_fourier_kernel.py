@@ -148,3 +148,26 @@ def test_switches_refuse_unknown_values(monkeypatch):
     monkeypatch.setenv("LLAVA_FA_FOURIER_GEMV", "fast")
     with pytest.raises(ConfigError, match="LLAVA_FA_FOURIER_GEMV must be one of cuda, triton"):
         fourier_runtime.switch("LLAVA_FA_FOURIER_GEMV")
+
+
+def test_sibling_layers_share_the_activation_spectrum():
+    """q/k/v-like layers with equal input scales take one rfft of their shared input (kept on the input
+    tensor); other scales, an in-place change of the input, or another input compute it again."""
+    from llava_fa.formats import fourier_runtime as fr
+
+    plain = [fr.build(make_layer(24, 40, dict(col_scales=False)), torch.device("cpu")) for _ in range(2)]
+    scaled = fr.build(make_layer(24, 40, dict(col_scales=True)), torch.device("cpu"))
+    x = torch.randn(3, 40)
+    first = fr.activation_spectrum(x, plain[0])
+    assert fr.activation_spectrum(x, plain[1]) is first  # equal scales: the same spectrum, not recomputed
+    other = fr.activation_spectrum(x, scaled)
+    assert other is not first and torch.allclose(other, torch.fft.rfft(x / scaled.in_scale, dim=-1))
+    x.mul_(2)  # in place: the version counter moves, the spectrum is computed again
+    again = fr.activation_spectrum(x, plain[1])
+    assert again is not first and torch.allclose(again, torch.fft.rfft(x / plain[1].in_scale, dim=-1))
+    assert fr.activation_spectrum(x.clone(), plain[0]) is not again  # another tensor: its own
+    with torch.inference_mode():  # no version counter there: shared as well
+        y = torch.randn(1, 40)
+        assert fr.activation_spectrum(y, plain[0]) is fr.activation_spectrum(y, plain[1])
+    long = torch.randn(fr.PREFILL_TOKENS, 40)  # a prefill: nothing kept
+    assert fr.activation_spectrum(long, plain[0]) is not fr.activation_spectrum(long, plain[1])

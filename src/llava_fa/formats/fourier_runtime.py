@@ -22,6 +22,7 @@ rank and ODC scales. Others (cartesian codes, `fft2`, `rfft_out`, `none`) keep t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class KernelLayout:
     rows: torch.Tensor | None  # ODC row scales (m,)
     holds_codes: bool = False  # the layer's code buffers were moved here (move_codes)
     counters: torch.Tensor | None = None  # int32 per 128 rows: the CUDA gemv's split counters (zero between calls)
+    in_scale_key: bytes = b""  # digest of in_scale's values: layers with equal keys share an activation's spectrum
 
     @property
     def entries(self) -> int:  # codes per packed word
@@ -179,7 +181,8 @@ def build(layer, device: torch.device) -> KernelLayout:
                         start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
-                        in_scale, None if rows is None else rows.float())
+                        in_scale, None if rows is None else rows.float(),
+                        in_scale_key=hashlib.sha256(in_scale.cpu().numpy().tobytes()).digest())
 
 
 def move_codes(layer, rt: KernelLayout) -> None:
@@ -220,11 +223,34 @@ def kernel_layout(layer, device: torch.device) -> KernelLayout:
     return cache[device]
 
 
+SPECTRA = "_llava_fa_spectra"  # attribute of an activation tensor: {in_scale_key: (its version, spectrum)}
+
+
+def activation_spectrum(x: torch.Tensor, rt: KernelLayout) -> torch.Tensor:
+    """rfft(x / in_scale) of the (tokens, n) rows of `x` (= rfft(x / c, norm="ortho"), one kernel fewer).
+    Layers fed the same tensor with equal input scales (q/k/v and gate/up without ODC columns or with
+    calibrated ones, which come from their shared input) take it once, up to 16 rows (decoding): it is
+    kept on `x` itself, under the scales' digest, and goes with x. An in-place change of x bumps its version counter and computes
+    it again; inference-mode tensors have no version counter, and there the reuse relies on what every
+    transformers model does: a projection's input is not changed in place between its sibling projections."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] >= PREFILL_TOKENS:  # a prefill: its GEMMs dwarf the FFT, and the spectra would hold memory
+        return torch.fft.rfft(rows / rt.in_scale, dim=-1)
+    version = None if x.is_inference() else x._version
+    kept = x.__dict__.setdefault(SPECTRA, {})
+    hit = kept.get(rt.in_scale_key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    spec = torch.fft.rfft(rows / rt.in_scale, dim=-1)
+    kept[rt.in_scale_key] = (version, spec)
+    return spec
+
+
 def fused_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """y = x W^T + b from the codes: the activation's spectrum times the code tiles (module docstring)."""
     rt = kernel_layout(layer, x.device)
     lead, n = x.shape[:-1], x.shape[-1]
-    spec = torch.fft.rfft(x.reshape(-1, n) / rt.in_scale, dim=-1)  # = rfft(x / c, norm="ortho"), one kernel fewer
+    spec = activation_spectrum(x, rt)
     if switch("LLAVA_FA_FOURIER_GEMV") == "cuda" and gemv_cuda.runs(spec, rt):  # batch 1 (kernels/fourier_gemv.cu)
         if rt.lowrank is None:  # the epilogue in the same launch
             return gemv_cuda.fourier_gemv(spec, rt, x.dtype, rows=rt.rows, bias=layer.bias).reshape(*lead, -1)
