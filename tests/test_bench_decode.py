@@ -88,6 +88,7 @@ def test_cli_writes_one_record_per_format(run, tmp_path):
         for key in ("name", "format", "bits_per_weight", "prefill", "decode", "memory", "spec", "environment"):
             assert key in r
         assert r["prefill"]["ttft_ms"] > 0 and r["memory"]["weight_bytes"] > 0
+        assert r["environment"]["cuda_kernels"] == {}  # on CPU no CUDA kernel is asked for
         assert set(r["decode"]) == {"1", "2"}
         assert all(d["tokens_per_s"] > 0 and d["cuda_graph"] is False for d in r["decode"].values())
         assert ("synthetic" in r["note"]) and r["compressed_layers"] == (0 if r["format"] == "bf16" else 14)

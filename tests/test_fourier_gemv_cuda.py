@@ -74,3 +74,12 @@ def check_gemv_matches(device: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and nvcc")
 def test_gemv_on_cuda():
     check_gemv_matches("cuda")
+
+
+def test_status_names_each_source_asked_for(monkeypatch):
+    """cuda_build.status() (in bench-decode records) names each CUDA source asked for: built, or why not."""
+    modules = {(str(kg.SOURCE), 0): "nvcc not found (set CUDA_HOME to a CUDA toolkit)\nmore",
+               ("/x/other.cu", 1): cuda_build.ctypes.c_void_p(1)}
+    monkeypatch.setattr(cuda_build, "_MODULES", modules)
+    assert cuda_build.status() == {"fourier_gemv.cu@cuda:0": "nvcc not found (set CUDA_HOME to a CUDA toolkit)",
+                                   "other.cu@cuda:1": "built"}

@@ -201,13 +201,16 @@ def run_all(models: list[Path], shape: Optional[dict], specs: list, spec, device
             json_dir: Optional[Path]) -> list[dict[str, Any]]:
     from llava_fa.evaluation.decode_speed import measure
     from llava_fa.io.files import write_json_atomic
+    from llava_fa.kernels import cuda_build
     from llava_fa.runtime import environment
 
     err = Console(stderr=True)
     runs = synthetic_runs(shape, specs, device, dtype, spec.seed) if shape else folder_runs(models, device, dtype)
     records = []
     for name, model, facts in runs:
-        record = {"name": name, **facts, **measure(model, spec, device), "environment": environment()}
+        record = {"name": name, **facts, **measure(model, spec, device),
+                  # CUDA C++ kernels asked for: "built", or why not (then their Triton twins ran)
+                  "environment": {**environment(), "cuda_kernels": cuda_build.status()}}
         if spec.compile_backend:  # compiled steps: told apart from eager runs in every table
             record["label"] = f"{record.get('label') or name} [compiled]"
         records.append(record)

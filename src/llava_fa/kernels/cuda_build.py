@@ -112,6 +112,12 @@ def missing(source: Path, device: torch.device) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def status() -> dict[str, str]:
+    """Every source asked for so far, per device: "built", or why not (for records: which kernel ran)."""
+    return {f"{Path(source).name}@cuda:{index}": "built" if not isinstance(module, str) else module.splitlines()[0]
+            for (source, index), module in _MODULES.items()}
+
+
 def launch(func: ctypes.c_void_p, grid: tuple[int, int], threads: int, args: ctypes.Structure,
            device: torch.device) -> None:
     """Run `func` with one by-value struct argument on torch's current stream of `device`."""
