@@ -52,13 +52,14 @@ def shape_fits(rt, kw: int = 32) -> bool:
 
 
 def runs(spec: torch.Tensor, rt) -> bool:
-    """Batch 1 on a CUDA tensor, a layout it takes, and the library built."""
+    """Batch 1 on a CUDA tensor, a layout it takes, and the kernel built."""
     return spec.is_cuda and spec.shape[0] == 1 and shape_fits(rt) and _kernel(spec.device, rt.bits, 32) is not None
 
 
 def default_kw(rt) -> int:
-    """Entries per warp: 64 on 7B-sized layers (H200, 3+3 bits: 7.3 against 7.9 us on 4096 x 4096, 12.3 against
-    14.7 on 11008 x 4096), 32 on small ones (1536 x 576: 4.8 against 5.6 us), docs/results/kernels_h200/."""
+    """Entries per warp: 64 on 7B-sized layers (H200, 3+3 bits, kernels_h200/0101892/fourier_rfft.json: 7.2
+    against 7.9 us with 32 on 4096 x 4096, 12.8 against 14.4 on 11008 x 4096, 13.1 against 14.8 on 4096 x
+    11008); 32 on small layers, where it gives twice the blocks (not compared there)."""
     return 64 if shape_fits(rt, 64) and rt.codes.shape[1] * rt.k_reg >= 1 << 22 else 32
 
 
