@@ -26,6 +26,7 @@ from bench_kernels import GRAPHS, copy_bandwidth, time_us, write_record
 
 from llava_fa.formats import fourier_runtime
 from llava_fa.formats.fourier import FourierLinear
+from llava_fa.kernels import cuda_build
 from llava_fa.kernels import fourier_dense as kd
 from llava_fa.kernels import fourier_gemv_cuda as kg
 from llava_fa.kernels import fourier_matmul as km
@@ -189,7 +190,7 @@ def main() -> None:
     for (out_f, in_f), form, tokens in itertools.product(shapes, args.forms, args.tokens):
         rows.append(measure(out_f, in_f, form, tokens))
         print(table_line(rows[-1], copy_gbs), flush=True)
-    write_record(args.json, copy_gbs, rows)
+    write_record(args.json, copy_gbs, rows, cuda_kernels=cuda_build.status())  # which CUDA kernels were built
 
 
 if __name__ == "__main__":
