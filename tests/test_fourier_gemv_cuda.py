@@ -83,3 +83,50 @@ def test_status_names_each_source_asked_for(monkeypatch):
     monkeypatch.setattr(cuda_build, "_MODULES", modules)
     assert cuda_build.status() == {"fourier_gemv.cu@cuda:0": "nvcc not found (set CUDA_HOME to a CUDA toolkit)",
                                    "other.cu@cuda:1": "built"}
+
+
+FAKE_NVCC = """#!{python}
+import sys, pathlib
+log = pathlib.Path({log!r})
+if sys.argv[1:] == ["--version"]:
+    print("fake nvcc 13.0")
+    sys.exit(0)
+log.write_text(log.read_text() + "build\\n" if log.exists() else "build\\n")
+if {fail}:
+    sys.stderr.write("k.cu(3): error: expected a ';'\\n")
+    sys.exit(1)
+out = sys.argv[sys.argv.index("-o") + 1]
+pathlib.Path(out).write_bytes(b"cubin for " + sys.argv[-1].encode())
+"""
+
+
+def _fake_nvcc(tmp_path, fail: bool):
+    import sys
+
+    script = tmp_path / ("bad-nvcc" if fail else "nvcc")
+    script.write_text(FAKE_NVCC.format(python=sys.executable, log=str(tmp_path / "calls.log"), fail=fail))
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_cubins_are_built_once_per_source_and_arch(tmp_path, monkeypatch):
+    """nvcc runs once per (source, architecture, nvcc version): the cubin is cached under their hash,
+    written to a private file first; a failing build raises with nvcc's message and leaves no file."""
+    monkeypatch.setenv("LLAVA_FA_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "k.cu"
+    source.write_text("// a kernel\n")
+    nvcc = _fake_nvcc(tmp_path, fail=False)
+    first = cuda_build._build(source, "90", nvcc)
+    assert first.read_bytes() == b"cubin for " + str(source).encode() and first.parent == tmp_path / "cache" / "cuda"
+    assert cuda_build._build(source, "90", nvcc) == first  # cached: nvcc not run again
+    assert (tmp_path / "calls.log").read_text() == "build\n"
+    assert cuda_build._build(source, "80", nvcc) != first  # another architecture: another cubin
+    source.write_text("// changed\n")
+    assert cuda_build._build(source, "90", nvcc) != first  # a changed source builds again
+    assert (tmp_path / "calls.log").read_text().count("build") == 3
+    source.write_text("// broken\n")
+    with pytest.raises(RuntimeError, match="expected a ';'"):
+        cuda_build._build(source, "90", _fake_nvcc(tmp_path, fail=True))
+    assert sorted(p.name for p in (tmp_path / "cache" / "cuda").iterdir()) == sorted(
+        p.name for p in (tmp_path / "cache" / "cuda").glob("k-sm*.cubin"))  # no leftover private files
+    assert len(list((tmp_path / "cache" / "cuda").glob("k-sm*.cubin"))) == 3
