@@ -6,9 +6,10 @@ activation + the kernel on the codes + the epilogue), the kernel it runs alone (
 layer: the CUDA gemv, kernels/fourier_gemv.cu; from 17 tokens: one GEMM on the spectrum decoded per call,
 kernels/fourier_dense.py; else the Triton kernel, kernels/fourier_matmul.py), beside it the Triton kernel
 alone, the CUDA gemv with 32 entries per warp (where it takes 64 by default), the fused path with the
-Triton gemv, and the `spectral` and `dequant` paths. It prints microseconds per call, the speed-up over dense and the bandwidth achieved on
-the bytes the kernel reads (codes, scales, tables), against the copy bandwidth measured first. Codes come from the layer's own
-quantizer on random weights (set_codes of the spectrum, no search): speed does not depend on them.
+Triton gemv, and the `spectral` and `dequant` paths. It prints microseconds per call, the speed-up over
+dense and the bandwidth achieved on the bytes the kernel reads (codes, scales, tables), against the copy
+bandwidth measured first. Codes come from the layer's own quantizer on random weights (set_codes of the
+spectrum, no search): speed does not depend on them.
 Usage (on a GPU machine):
 
     PYTHONPATH=src python scripts/bench_fourier_kernel.py [--cudagraph] --json OUT.json > OUT.md

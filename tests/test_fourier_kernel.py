@@ -29,7 +29,7 @@ CASES = [
     (17, 13, dict(transform="rfft2", rank=0, group_size=4, levels="lloyd", mag_bits=4, phase_bits=4)),
     (65, 96, dict(transform="rfft2", rank=0, group_size=-1)),
     (31, 50, dict(transform="rfft", rank=0, group_size=32, mag_bits=2, phase_bits=3)),  # 5-bit codes: 64-bit words
-    (26, 48, dict(transform="rfft", rank=0, group_size=16, row_scales=True)),  # ODC rows in the phase gemv's epilogue
+    (26, 48, dict(transform="rfft", rank=0, group_size=16, row_scales=True)),  # ODC rows, rows not in fours (the Triton gemv)
     (20, 36, dict(transform="rfft2", rank=0, group_size=8, mag_bits=3, phase_bits=4)),  # 7-bit codes
 ]
 

@@ -73,8 +73,7 @@ class KernelLayout:
 
     def nbytes(self) -> int:
         """Bytes the kernel and the epilogue read per call (the scales are the stored ones, not a copy)."""
-        tensors = [self.codes, self.tables, self.scales, self.group_start,
-                   self.group_offset, self.edges,
+        tensors = [self.codes, self.tables, self.scales, self.group_start, self.group_offset, self.edges,
                    *(self.lowrank or ()), self.in_scale, *(t for t in (self.rows,) if t is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -109,21 +108,17 @@ def moved_codes(layer) -> KernelLayout | None:
     return next((rt for rt in layer.__dict__.get("_kernel", {}).values() if rt.holds_codes), None)
 
 
-def _polar_parts(layer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2 level per magnitude code (2: the Parseval weight of a complex entry), (cos, sin) per phase
-    code), float64."""
+def _tables(layer, device: torch.device) -> torch.Tensor:
+    """For every byte code (mag | phase << b_r) the pair (2 level cos theta, 2 level sin theta) in float16
+    (2: the Parseval weight of a complex entry): one lookup of two adjacent values per entry, at most
+    1 KiB (8 bits). The levels are float16 values already; the products round to 5e-4, below the
+    bf16 dot's rounding."""
     p = layer.params()
     levels = from_bits(layer.mag_levels).float() if p["levels"] == "lloyd" else uniform_levels(p["mag_bits"], device)
-    theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"]).double()
-    return 2 * levels.to(device).double(), torch.stack([torch.cos(theta), torch.sin(theta)], -1)
-
-
-def _tables(levels2: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-    """For every byte code (mag | phase << b_r) the pair (2 level cos theta, 2 level sin theta) in float16:
-    one lookup of two adjacent values per entry, at most 1 KiB (8 bits). The levels are float16 values
-    already; the products round to 5e-4, below the bf16 dot's rounding."""
-    pairs = levels2[None, :, None] * cs[:, None, :]  # (2^b_theta, 2^b_r, 2): row = phase * 2^b_r + mag = the code
-    # each pair one int32 word (re in the low half)
+    theta = phase_values(torch.arange(1 << p["phase_bits"], device=device), p["phase_bits"])
+    rho = 2 * levels.to(device).double()[None, :]  # (1, 2^b_r): the low bits of the code
+    pairs = torch.stack([rho * torch.cos(theta.double())[:, None], rho * torch.sin(theta.double())[:, None]], -1)
+    # row = phase * 2^b_r + mag = the byte code; each pair one int32 word (re in the low half)
     return pairs.reshape(-1, 2).half().contiguous().view(torch.int32).reshape(-1)
 
 
@@ -176,8 +171,7 @@ def build(layer, device: torch.device) -> KernelLayout:
     # x / (c sqrt(n)): the cast to float32, the ODC columns and the rfft's orthonormal factor in one elementwise kernel
     in_scale = (torch.ones(n, device=device) if cols is None else cols.float()) * math.sqrt(n)
     group = _ONE_GROUP if p["group_size"] == -1 else p["group_size"]
-    levels2, cs = _polar_parts(layer, device)
-    return KernelLayout(pack_codes(regular, bits), bits, _tables(levels2, cs), layer.mag_scales.view(torch.float16),
+    return KernelLayout(pack_codes(regular, bits), bits, _tables(layer, device), layer.mag_scales.view(torch.float16),
                         start, offset, _edge_values(layer, cmask, rmask, list(edge_cols)),
                         grid[:, list(edge_cols)].to(torch.uint8).contiguous(), edge_cols, k_reg, group,
                         not bool(offset.any()), mode == "rfft2", lowrank,
@@ -230,9 +224,10 @@ def activation_spectrum(x: torch.Tensor, rt: KernelLayout) -> torch.Tensor:
     """rfft(x / in_scale) of the (tokens, n) rows of `x` (= rfft(x / c, norm="ortho"), one kernel fewer).
     Layers fed the same tensor with equal input scales (q/k/v and gate/up without ODC columns or with
     calibrated ones, which come from their shared input) take it once, up to 16 rows (decoding): it is
-    kept on `x` itself, under the scales' digest, and goes with x. An in-place change of x bumps its version counter and computes
-    it again; inference-mode tensors have no version counter, and there the reuse relies on what every
-    transformers model does: a projection's input is not changed in place between its sibling projections."""
+    kept on `x` itself, under the scales' digest, and goes with x. An in-place change of x bumps its
+    version counter and computes it again; inference-mode tensors have no version counter, and there the
+    reuse relies on what every transformers model does: a projection's input is not changed in place
+    between its sibling projections."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] >= PREFILL_TOKENS:  # a prefill: its GEMMs dwarf the FFT, and the spectra would hold memory
         return torch.fft.rfft(rows / rt.in_scale, dim=-1)
